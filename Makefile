@@ -1,0 +1,39 @@
+# Two commands for a fresh machine (Debian/Ubuntu, Python 3.11-3.13, x86_64, no ROS):
+#   make run    set up .venv and run the whole graph on simulated sensors (Ctrl-C stops)
+#   make test   set up .venv and the test peers, then run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+ARGS ?= --scenario patrol
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+
+.PHONY: run test venv install test-deps bench clean
+
+$(VENV)/.deps: requirements.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r requirements-test.txt
+	touch $@
+
+venv: $(VENV)/.deps
+
+# A real (non-editable) install, so launch/ and config/ land in $(VENV)/share like colcon's.
+install: venv
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation --force-reinstall .
+
+run: install
+	$(VENV)/bin/bodycam run $(ARGS)
+
+test-deps:
+	bash scripts/install-test-deps.sh
+
+test: install test-deps
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(VENV)/bin/python -m bench.camera_encode
+	$(VENV)/bin/python -m bench.trigger_latency
+	$(VENV)/bin/python -m bench.lookback
+	$(VENV)/bin/python -m bench.upload
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Debian packages the tests use as real peers: ffmpeg/ffprobe (independent video reader),
+# gpsd + gpsfake (a real GPS daemon), chromium + chromedriver (a real browser).
+set -euo pipefail
+need=()
+command -v ffprobe >/dev/null || need+=(ffmpeg)
+command -v gpsfake >/dev/null || need+=(gpsd gpsd-clients)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
+[ ${#need[@]} -eq 0 ] && exit 0
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO=sudo
+echo "installing test peers: ${need[*]}"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

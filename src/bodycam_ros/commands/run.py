@@ -1,0 +1,106 @@
+"""``bodycam run``: the whole graph from a params file, with a one-line live status."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--config', type=Path, default=None,
+                   help='params YAML keyed by node name (default: the package config/sim.yaml)')
+    p.add_argument('--duration', type=float, default=None, metavar='S',
+                   help='stop cleanly after S seconds (default: until Ctrl-C)')
+    p.add_argument('--scenario', default=None,
+                   help='scripted shift for the simulated sensors, e.g. patrol or idle')
+    p.add_argument('--namespace', default='', help='ROS namespace of this unit, e.g. unit_a')
+    p.add_argument('--evidence-dir', type=Path, default=None,
+                   help='where incidents and the spool live (default var/evidence)')
+    p.add_argument('--bucket', default=None,
+                   help='upload target: file://DIR or s3://bucket/prefix (default file://var/bucket)')
+    p.add_argument('--dispatch-webhook', default=None, metavar='URL',
+                   help='HTTPS endpoint that receives officer-down and incident events')
+    p.add_argument('--nodes', default=None,
+                   help='comma-separated subset of nodes to run (default: all)')
+    p.add_argument('--log-dir', type=Path, default=None,
+                   help='node logs go here (default: <ROS_HOME or ~/.ros>/bodycam/<time>)')
+    p.add_argument('--quiet', action='store_true', help='no live status line')
+
+
+def main(args: argparse.Namespace) -> int:
+    from bodycam_ros import bringup
+    from bodycam_ros.paths import config_file
+
+    bringup.ros_env_defaults()
+    params = args.config or config_file('sim.yaml')
+    if not Path(params).is_file():
+        print(f'error: no config file {params}', file=sys.stderr)
+        return 2
+    wanted = args.nodes.split(',') if args.nodes else list(bringup.NODES)
+    unknown = sorted(set(wanted) - set(bringup.NODES))
+    if unknown:
+        print(f'error: unknown node(s) {", ".join(unknown)}; known: {", ".join(bringup.NODES)}',
+              file=sys.stderr)
+        return 2
+    names = bringup.available_nodes(wanted)
+
+    overrides: dict[str, object] = {}
+    if args.scenario:
+        from bodycam_ros.core import scenario
+        try:
+            scenario.get(args.scenario)
+        except ValueError as exc:
+            print(f'error: {exc}', file=sys.stderr)
+            return 2
+        overrides['scenario'] = args.scenario
+        # One epoch for every process, a little ahead so all nodes are up when it begins.
+        overrides['scenario_start'] = time.time() + 3.0
+    if args.evidence_dir is not None:
+        overrides['evidence_dir'] = str(args.evidence_dir.resolve())
+    if args.bucket is not None:
+        overrides['bucket'] = args.bucket
+    if args.dispatch_webhook is not None:
+        overrides['dispatch_webhook'] = args.dispatch_webhook
+
+    import os
+    log_dir = args.log_dir or Path(os.environ.get('ROS_HOME', Path.home() / '.ros')) / \
+        'bodycam' / time.strftime('%Y%m%d-%H%M%S')
+    children = [bringup.Child(n, bringup.node_argv(n, Path(params), args.namespace, overrides))
+                for n in names]
+    sup = bringup.Supervisor(children, log_dir=log_dir)
+    print(f'bodycam: starting {", ".join(names)} (config {params}, logs {log_dir})', flush=True)
+    sup.start()
+
+    from bodycam_ros.monitor import Monitor
+    import rclpy
+    rclpy.init()
+    monitor = Monitor(namespace=args.namespace)
+    deadline = time.monotonic() + args.duration if args.duration else None
+    last_print = time.monotonic()
+    tty = sys.stdout.isatty()
+    code = 0
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            rclpy.spin_once(monitor, timeout_sec=0.1)
+            for line in monitor.take_events() + sup.poll():
+                print(('\r\033[K' if tty else '') + line, flush=True)
+            if not args.quiet and time.monotonic() - last_print >= 1.0:
+                last_print = time.monotonic()
+                line = monitor.status_line()
+                print(('\r\033[K' + line) if tty else line, end='' if tty else '\n', flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if tty:
+            print()
+        print('bodycam: stopping', flush=True)
+        codes = sup.stop()
+        bad = {n: c for n, c in codes.items() if c not in (0, None, -2, 130)}
+        if bad:
+            print('bodycam: unclean exits: ' + ', '.join(f'{n}={c}' for n, c in bad.items()))
+            code = 1
+        print('bodycam: final ' + monitor.status_line(), flush=True)
+        monitor.destroy_node()
+        rclpy.try_shutdown()
+    return code

@@ -1,0 +1,1 @@
+"""Where data comes from: devices, files, recordings and simulation. No ROS imports."""

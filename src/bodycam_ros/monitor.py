@@ -1,0 +1,104 @@
+"""The observer behind ``bodycam run``'s status line: topic rates and the unit's state.
+
+It only listens (best effort for streams, so it can never slow a publisher down; transient
+local for state topics, so it sees the current state at once).
+"""
+from __future__ import annotations
+
+import collections
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Imu, NavSatFix
+from std_msgs.msg import Bool
+
+from bodycam_ros.rosutil import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
+
+RATE_WINDOW_S = 5.0
+LEVEL_NAMES = {0: 'OK', 1: 'WARN', 2: 'ERROR', 3: 'STALE'}
+
+
+class RateMeter:
+    """Messages per second over the last ``window_s`` seconds."""
+
+    def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
+        self._window_s = window_s
+        self._stamps: collections.deque[float] = collections.deque()
+
+    def tick(self, now: float | None = None) -> None:
+        self._stamps.append(time.monotonic() if now is None else now)
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        while self._stamps and now - self._stamps[0] > self._window_s:
+            self._stamps.popleft()
+        if len(self._stamps) < 2:
+            return 0.0
+        span = max(now - self._stamps[0], 1e-6)
+        return (len(self._stamps) - 1) / span if span < self._window_s else \
+            len(self._stamps) / self._window_s
+
+
+class Monitor(Node):
+    STREAMS = (('camera/h264', CompressedImage), ('imu/data', Imu), ('gps/fix', NavSatFix))
+
+    def __init__(self, namespace: str = '', **kw) -> None:
+        super().__init__('bodycam_monitor', namespace=namespace or '', **kw)
+        self.rates = {topic: RateMeter() for topic, _ in self.STREAMS}
+        for topic, msg_type in self.STREAMS:
+            self.create_subscription(msg_type, topic,
+                                     lambda _m, t=topic: self.rates[t].tick(), SENSOR_QOS)
+        self.weapon_drawn: bool | None = None
+        self.triggers: dict[str, int] = {}
+        self.recorder: DiagnosticStatus | None = None
+        self.last_fix: NavSatFix | None = None
+        self._events: list[str] = []
+        self.create_subscription(Bool, 'holster/weapon_drawn', self._on_holster, LATCHED_QOS)
+        self.create_subscription(DiagnosticArray, 'bodycam/triggers', self._on_triggers,
+                                 RELIABLE_QOS)
+        self.create_subscription(DiagnosticStatus, 'bodycam/alerts', self._on_alert, LATCHED_QOS)
+        self.create_subscription(DiagnosticStatus, 'recorder/status', self._on_recorder,
+                                 SENSOR_QOS)
+        self.create_subscription(NavSatFix, 'gps/fix', self._on_fix, SENSOR_QOS)
+
+    def _on_holster(self, msg: Bool) -> None:
+        if msg.data != self.weapon_drawn:
+            self._events.append(f'holster: weapon {"DRAWN" if msg.data else "holstered"}')
+        self.weapon_drawn = msg.data
+
+    def _on_triggers(self, msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            source = st.name.rsplit('/', 1)[-1]
+            if self.triggers.get(source) != st.level:
+                if st.level == DiagnosticStatus.WARN or self.triggers.get(source) == \
+                        DiagnosticStatus.WARN:
+                    self._events.append(f'trigger {source}: {LEVEL_NAMES.get(st.level, st.level)}'
+                                        f' {st.message}')
+                self.triggers[source] = st.level
+
+    def _on_alert(self, msg: DiagnosticStatus) -> None:
+        values = ' '.join(f'{kv.key}={kv.value}' for kv in msg.values)
+        self._events.append(f'ALERT {msg.name}: {msg.message} {values}')
+
+    def _on_recorder(self, msg: DiagnosticStatus) -> None:
+        if self.recorder is None or self.recorder.message != msg.message:
+            self._events.append(f'recorder: {msg.message}')
+        self.recorder = msg
+
+    def _on_fix(self, msg: NavSatFix) -> None:
+        self.last_fix = msg
+
+    def take_events(self) -> list[str]:
+        events, self._events = self._events, []
+        return events
+
+    def status_line(self) -> str:
+        parts = [f'{topic} {meter.rate():.1f} Hz' for topic, meter in self.rates.items()]
+        holster = {None: '?', True: 'DRAWN', False: 'holstered'}[self.weapon_drawn]
+        parts.append(f'holster {holster}')
+        active = [s for s, lvl in self.triggers.items() if lvl == DiagnosticStatus.WARN]
+        parts.append('triggers ' + (','.join(active) if active else 'none'))
+        if self.recorder is not None:
+            parts.append(f'recorder {self.recorder.message}')
+        return ' | '.join(parts)

@@ -1,0 +1,171 @@
+"""What every bodycam node shares: QoS profiles, validated parameters, diagnostics, main().
+
+Kept small on purpose: nodes stay thin and readable (see STYLE.md), and the pure core in
+``bodycam_ros.core`` never imports this module.
+"""
+from __future__ import annotations
+
+import signal
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+
+#: Sensor streams: best effort, keep last 5. Late or lost samples are replaced by newer ones.
+SENSOR_QOS = qos_profile_sensor_data
+#: Commands, triggers, alerts: every message matters.
+RELIABLE_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE,
+                          history=HistoryPolicy.KEEP_LAST)
+#: Current state (holster, alerts): a late joiner gets the last value.
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                         history=HistoryPolicy.KEEP_LAST)
+#: Compressed video: reliable so the recorder never misses a packet of a GOP on loopback,
+#: bounded so a stalled subscriber cannot hold the camera up for long.
+VIDEO_QOS = QoSProfile(depth=60, reliability=ReliabilityPolicy.RELIABLE,
+                       history=HistoryPolicy.KEEP_LAST)
+
+OK, WARN, ERROR, STALE = (DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR,
+                          DiagnosticStatus.STALE)
+
+
+class ParameterError(ValueError):
+    """A parameter value outside what the node accepts; the message names it and the range."""
+
+
+def declare(node: Node, name: str, default: Any, description: str, *,
+            min_value: float | None = None, max_value: float | None = None,
+            choices: Sequence[str] | None = None, read_only: bool = True) -> Any:
+    """Declare a described parameter and validate its value now.
+
+    Raises:
+        ParameterError: value outside ``[min_value, max_value]`` or not in ``choices``.
+    """
+    desc = ParameterDescriptor(description=description, read_only=read_only)
+    if choices:
+        desc.additional_constraints = f'one of: {", ".join(choices)}'
+    if min_value is not None and max_value is not None:
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            raise TypeError(f'range given for non-numeric parameter {name}')
+        if isinstance(default, int):
+            desc.integer_range = [IntegerRange(from_value=int(min_value), to_value=int(max_value),
+                                               step=0)]
+        else:
+            desc.floating_point_range = [FloatingPointRange(
+                from_value=float(min_value), to_value=float(max_value), step=0.0)]
+    try:
+        value = node.declare_parameter(name, default, desc).value
+    except rclpy.exceptions.InvalidParameterValueException as exc:
+        raise ParameterError(f'parameter {node.get_name()}.{name}: {exc}; allowed '
+                             f'{_allowed(min_value, max_value, choices)}') from exc
+    check(node.get_name(), name, value, min_value=min_value, max_value=max_value, choices=choices)
+    return value
+
+
+def check(node_name: str, name: str, value: Any, *, min_value: float | None = None,
+          max_value: float | None = None, choices: Sequence[str] | None = None) -> None:
+    """Validate one value; the error names the parameter and the allowed range."""
+    bad = False
+    if choices is not None and value not in choices:
+        bad = True
+    if min_value is not None and value < min_value:
+        bad = True
+    if max_value is not None and value > max_value:
+        bad = True
+    if bad:
+        raise ParameterError(f'parameter {node_name}.{name}={value!r} is invalid; allowed '
+                             f'{_allowed(min_value, max_value, choices)}')
+
+
+def _allowed(lo: float | None, hi: float | None, choices: Sequence[str] | None) -> str:
+    if choices is not None:
+        return 'one of ' + ', '.join(map(str, choices))
+    if lo is not None and hi is not None:
+        return f'[{lo}, {hi}]'
+    if lo is not None:
+        return f'>= {lo}'
+    return f'<= {hi}'
+
+
+def status(name: str, level: int, message: str, hardware_id: str = '',
+           **values: Any) -> DiagnosticStatus:
+    """Build a DiagnosticStatus; keyword values become KeyValue pairs (str())."""
+    return DiagnosticStatus(
+        level=level, name=name, message=message, hardware_id=hardware_id or socket.gethostname(),
+        values=[KeyValue(key=k, value=_fmt(v)) for k, v in values.items()])
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f'{v:.6g}'
+    return str(v)
+
+
+class Diagnostics:
+    """Publishes a node's driver status on ``/diagnostics`` once a second.
+
+    The node calls :meth:`set` whenever its state changes; the timer republishes the last
+    status so aggregators see the node is alive.
+    """
+
+    def __init__(self, node: Node, hardware_id: str = '', period_s: float = 1.0) -> None:
+        self._node = node
+        self._name = f'{node.get_namespace().rstrip("/")}/{node.get_name()}'.lstrip('/')
+        self._hw = hardware_id
+        self._status = status(self._name, STALE, 'starting', hardware_id)
+        self._pub = node.create_publisher(DiagnosticArray, '/diagnostics', RELIABLE_QOS)
+        self._timer = node.create_timer(period_s, self.publish)
+
+    @property
+    def last(self) -> DiagnosticStatus:
+        return self._status
+
+    def set(self, level: int, message: str, **values: Any) -> None:
+        """Record the current status; an ERROR or a level change is published at once."""
+        changed = level != self._status.level or message != self._status.message
+        self._status = status(self._name, level, message, self._hw, **values)
+        if changed:
+            self.publish()
+
+    def publish(self) -> None:
+        arr = DiagnosticArray(status=[self._status])
+        arr.header.stamp = self._node.get_clock().now().to_msg()
+        self._pub.publish(arr)
+
+
+def run_node(factory: Callable[..., Node], args: list[str] | None = None, *,
+             multithreaded: bool = False) -> int:
+    """Standard ``main``: init, build the node, spin until SIGINT/SIGTERM, clean up.
+
+    A :class:`ParameterError` from the factory is printed and returns exit code 2, so a bad
+    value in a params file fails with a clear message instead of a traceback.
+    """
+    rclpy.init(args=args)
+    # SIGTERM (launch, systemd, bringup) shuts down as cleanly as Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
+    node = None
+    try:
+        node = factory()
+        executor = MultiThreadedExecutor() if multithreaded else SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except ParameterError as exc:
+        print(f'error: {exc}', flush=True)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            close = getattr(node, 'close', None)
+            if close is not None:
+                close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
