@@ -20,7 +20,7 @@ SRC = ROOT / 'src'
 SHARED_DATA = ROOT.parent / 'shared' / 'data'
 
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
-os.environ.setdefault('ROS_DOMAIN_ID', str(1 + os.getpid() % 100))
+os.environ.setdefault('ROS_DOMAIN_ID', str(1 + os.getpid() % 200))
 _ros_home = tempfile.mkdtemp(prefix='bodycam-test-roshome-')
 os.environ['ROS_HOME'] = _ros_home
 os.environ['ROS_LOG_DIR'] = os.path.join(_ros_home, 'log')
