@@ -67,7 +67,7 @@ def test_supervisor_restarts_a_crashed_node(tmp_path: Path):
     events = sup.poll()
     assert events == ['sleeper: exited -9; restarting']
     assert child.proc is not first and child.proc.poll() is None
-    assert sup.stop() == {'sleeper': -2} or child.proc.returncode is not None
+    assert sup.stop()['sleeper'] is not None  # stopped, not left running
 
 
 def test_supervisor_leaves_a_misconfigured_node_down(tmp_path: Path):
