@@ -1,0 +1,434 @@
+"""Where camera frames come from: a V4L2 device, a video file, or a test pattern.
+
+Every source has the same small interface (:class:`FrameSource`): ``open()``, ``read()`` ->
+``(frame_bgr, capture_time)``, ``close()``, plus ``width``, ``height``, ``fps`` and
+``dropped`` (frames the reader was too slow for). Frames are ``height x width x 3`` uint8 BGR
+at the configured size whatever the device or file delivers, so the encoder never changes size.
+
+The test pattern burns a frame counter into the picture twice: as text for people, and as
+two rows of big black/white blocks (24-bit counter + CRC-8) that survive H.264, so tests and
+the live-view latency check read it back from decoded video with :func:`decode_frame_counter`.
+No ROS imports.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+
+__all__ = ['CameraError', 'DeviceSource', 'EndOfFile', 'FileSource', 'FrameSource',
+           'TestPatternSource', 'decode_frame_counter', 'encode_frame_counter']
+
+
+class CameraError(Exception):
+    """A camera source cannot deliver frames (missing device, unplugged, unreadable file)."""
+
+
+class EndOfFile(CameraError):
+    """A file source without ``loop`` has played its last frame."""
+
+
+class FrameSource(ABC):
+    """open / read / close over BGR frames of a fixed size, with a drop counter."""
+
+    kind = 'source'
+
+    def __init__(self, width: int, height: int, fps: float) -> None:
+        if width <= 0 or height <= 0:
+            raise CameraError(f'frame size {width}x{height} must be positive')
+        if not fps > 0:
+            raise CameraError(f'fps must be > 0, got {fps}')
+        self.width, self.height, self.fps = int(width), int(height), float(fps)
+        #: Frames the source produced but the reader never got (it fell behind).
+        self.dropped = 0
+
+    @property
+    def description(self) -> str:
+        """Human-readable name for diagnostics, e.g. ``device /dev/video0``."""
+        return self.kind
+
+    @abstractmethod
+    def open(self) -> None:
+        """Start delivering frames. Raises :class:`CameraError`."""
+
+    @abstractmethod
+    def read(self) -> tuple[np.ndarray, float]:
+        """Block until the next frame; return it (BGR) and its capture time (UNIX s).
+
+        Raises:
+            CameraError: the source failed (:class:`EndOfFile` when a file ended).
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the device or file. Safe to call twice or before open."""
+
+    def __enter__(self) -> FrameSource:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Pacer:
+    """Releases frame slots at a fixed rate; a late reader skips the slots it missed.
+
+    Like a real sensor: frame ``i`` exists at ``t0 + i/fps`` whether or not anyone reads it,
+    so a reader that falls behind gets the newest frame and the skipped ones are counted.
+    """
+
+    def __init__(self, fps: float) -> None:
+        self.period = 1.0 / fps
+        self._t0 = time.monotonic()
+        self._next = 0
+
+    def restart(self) -> None:
+        self._t0, self._next = time.monotonic(), 0
+
+    def wait(self) -> tuple[int, int]:
+        """Sleep until the next slot is due; return ``(slot_index, slots_skipped)``."""
+        due = self._t0 + self._next * self.period
+        now = time.monotonic()
+        if now < due:
+            time.sleep(due - now)
+            idx = self._next
+        else:
+            idx = max(self._next, int((now - self._t0) / self.period))
+        skipped = idx - self._next
+        self._next = idx + 1
+        return idx, skipped
+
+
+# --------------------------------------------------------------------------- device
+
+class DeviceSource(FrameSource):
+    """A V4L2 camera through OpenCV (``cv2.VideoCapture(device, cv2.CAP_V4L2)``).
+
+    Asks for MJPG at the configured size and rate (USB cameras give 720p30 only as MJPG) and
+    resizes whatever arrives. Dropped frames are estimated from gaps between capture times.
+    """
+
+    kind = 'device'
+
+    def __init__(self, device: str, width: int, height: int, fps: float, *,
+                 fourcc: str = 'MJPG',
+                 capture_factory: Callable[..., Any] = cv2.VideoCapture) -> None:
+        super().__init__(width, height, fps)
+        self.device, self._fourcc, self._factory = device, fourcc, capture_factory
+        self._cap: Any = None
+        self._last_t: float | None = None
+        self.native_size: tuple[int, int] | None = None
+
+    @property
+    def description(self) -> str:
+        return f'device {self.device}'
+
+    def open(self) -> None:
+        self.close()
+        target: int | str = int(self.device) if self.device.isdigit() else self.device
+        if isinstance(target, str) and not os.path.exists(target):
+            raise CameraError(f'camera {self.device}: no such device (not connected or '
+                              'unplugged)')
+        cap = self._factory(target, cv2.CAP_V4L2)
+        if not cap.isOpened():
+            cap.release()
+            raise CameraError(f'camera {self.device}: V4L2 cannot open it (busy, not a capture '
+                              'device, or no permission)')
+        if self._fourcc:
+            cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*self._fourcc))
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
+        cap.set(cv2.CAP_PROP_FPS, self.fps)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # newest frame, not a stale queue
+        if hasattr(cv2, 'CAP_PROP_READ_TIMEOUT_MSEC'):
+            # An unplugged camera should fail in about a second, not OpenCV's default 10 s.
+            cap.set(cv2.CAP_PROP_READ_TIMEOUT_MSEC, max(1000, int(3000 / self.fps)))
+        self.native_size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                            int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+        self._cap, self._last_t = cap, None
+
+    def read(self) -> tuple[np.ndarray, float]:
+        if self._cap is None:
+            raise CameraError(f'camera {self.device}: not open')
+        if not self._cap.grab():
+            raise CameraError(f'camera {self.device}: no frame (unplugged or stalled)')
+        t = time.time()
+        ok, frame = self._cap.retrieve()
+        if not ok or frame is None or frame.ndim != 3 or frame.shape[2] != 3:
+            raise CameraError(f'camera {self.device}: undecodable frame')
+        if self._last_t is not None:
+            gap = (t - self._last_t) * self.fps
+            if gap > 1.5:
+                self.dropped += int(round(gap)) - 1
+        self._last_t = t
+        if frame.shape[:2] != (self.height, self.width):
+            frame = cv2.resize(frame, (self.width, self.height), interpolation=cv2.INTER_AREA)
+        return frame, t
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+# --------------------------------------------------------------------------- file
+
+class FileSource(FrameSource):
+    """Any video file PyAV/FFmpeg reads, played at its own frame rate like a live camera.
+
+    ``fps`` is the file's rate (the constructor's ``fps`` is only a fallback when the file
+    does not say). With ``loop`` the file restarts seamlessly; without it :meth:`read`
+    raises :class:`EndOfFile` after the last frame.
+    """
+
+    kind = 'file'
+
+    def __init__(self, path: str | os.PathLike[str], width: int, height: int,
+                 fps: float = 30.0, *, loop: bool = True) -> None:
+        super().__init__(width, height, fps)
+        self.path, self.loop = Path(path), loop
+        self._container: av.container.InputContainer | None = None
+        self._frames: Any = None
+        self._stream: Any = None
+        self._t0 = 0.0        # monotonic time of media time 0
+        self._base = 0.0      # media time where the current pass of the file starts
+        self._first_pts: float | None = None
+        self._last_media = 0.0
+
+    @property
+    def description(self) -> str:
+        return f'file {self.path}'
+
+    def open(self) -> None:
+        self.close()
+        if not self.path.is_file():
+            raise CameraError(f'video file {self.path}: no such file')
+        try:
+            self._container = av.open(str(self.path))
+            streams = self._container.streams.video
+            if not streams:
+                raise CameraError(f'video file {self.path}: no video stream')
+            self._stream = streams[0]
+            self._stream.thread_type = 'AUTO'
+        except av.FFmpegError as exc:
+            self.close()
+            raise CameraError(f'video file {self.path}: {exc}') from exc
+        rate = self._stream.average_rate or self._stream.guessed_rate
+        if rate and float(rate) > 0:
+            self.fps = float(rate)
+        self._frames = self._container.decode(self._stream)
+        self._t0, self._base, self._first_pts, self._last_media = time.monotonic(), 0.0, None, 0.0
+
+    def _next_frame(self) -> av.VideoFrame:
+        assert self._container is not None
+        for attempt in range(2):
+            try:
+                return next(self._frames)
+            except StopIteration:
+                pass
+            except av.FFmpegError as exc:
+                raise CameraError(f'video file {self.path}: {exc}') from exc
+            if not self.loop or attempt:
+                raise EndOfFile(f'video file {self.path}: end of file')
+            # Next pass starts one frame after the last frame shown.
+            self._base = self._last_media + 1.0 / self.fps
+            self._first_pts = None
+            try:
+                self._container.seek(0)
+            except av.FFmpegError as exc:
+                raise CameraError(f'video file {self.path}: cannot rewind: {exc}') from exc
+            self._frames = self._container.decode(self._stream)
+        raise EndOfFile(f'video file {self.path}: no frames')
+
+    def _media_time(self, frame: av.VideoFrame, fallback: float) -> float:
+        if frame.pts is None or frame.time_base is None:
+            return fallback
+        pts = float(frame.pts * frame.time_base)
+        if self._first_pts is None:
+            self._first_pts = pts
+        return self._base + pts - self._first_pts
+
+    def read(self) -> tuple[np.ndarray, float]:
+        if self._container is None:
+            raise CameraError(f'video file {self.path}: not open')
+        period = 1.0 / self.fps
+        for skips in range(max(1, int(self.fps)) + 1):
+            frame = self._next_frame()
+            media = self._media_time(frame, self._last_media + period)
+            self._last_media = media
+            lag = time.monotonic() - (self._t0 + media)
+            if lag < period:
+                break
+            if skips == int(self.fps):
+                # Decoding alone is slower than real time: show this frame, stop catching up.
+                self._t0 += lag
+                lag = 0.0
+                break
+            self.dropped += 1  # its slot has passed while we were busy: skip it, as a camera
+        if lag < 0:
+            time.sleep(-lag)
+        t = time.time()
+        try:
+            img = frame.to_ndarray(width=self.width, height=self.height, format='bgr24')
+        except (av.FFmpegError, ValueError) as exc:
+            raise CameraError(f'video file {self.path}: cannot convert frame: {exc}') from exc
+        return img, t
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        self._container = self._frames = self._stream = None
+
+
+# --------------------------------------------------------------------------- test pattern
+
+CODE_BITS = 32          # 24-bit counter + 8-bit CRC
+CODE_COLS = 16          # two rows of 16 blocks
+CODE_BLOCKS_PER_HEIGHT = 24   # block edge = height / 24: 10 px at 240p, 30 px at 720p
+COUNTER_MASK = 0xFFFFFF
+
+
+def _crc8(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+def _code_word(counter: int) -> int:
+    counter &= COUNTER_MASK
+    # XOR so an all-black (or all-white) corner is never a valid code.
+    check = _crc8(counter.to_bytes(3, 'big')) ^ 0xA5
+    return (counter << 8) | check
+
+
+def _block_edges(height: int) -> list[tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) of each code block, MSB first, scaling with the frame height."""
+    s = height / CODE_BLOCKS_PER_HEIGHT
+    return [(round(r * s), round((r + 1) * s), round(c * s), round((c + 1) * s))
+            for r in range(CODE_BITS // CODE_COLS) for c in range(CODE_COLS)]
+
+
+def encode_frame_counter(frame: np.ndarray, counter: int) -> None:
+    """Draw ``counter`` (mod 2**24) as black/white blocks in the top-left corner, in place."""
+    word = _code_word(counter)
+    for i, (y0, y1, x0, x1) in enumerate(_block_edges(frame.shape[0])):
+        frame[y0:y1, x0:x1] = 255 if (word >> (CODE_BITS - 1 - i)) & 1 else 0
+
+
+def decode_frame_counter(frame_bgr: np.ndarray) -> int:
+    """Read the block-coded frame counter back from a (decoded, possibly rescaled) frame.
+
+    Raises:
+        CameraError: no valid code (CRC mismatch): not a test-pattern frame, or too damaged.
+    """
+    if frame_bgr.ndim not in (2, 3) or frame_bgr.shape[0] < CODE_BLOCKS_PER_HEIGHT * 2:
+        raise CameraError(f'frame {frame_bgr.shape} too small for a frame counter')
+    gray = frame_bgr if frame_bgr.ndim == 2 else frame_bgr.mean(axis=2, dtype=np.float32)
+    word = 0
+    for y0, y1, x0, x1 in _block_edges(frame_bgr.shape[0]):
+        qy, qx = (y1 - y0) // 4, (x1 - x0) // 4   # centre half: away from blurred edges
+        word = (word << 1) | int(gray[y0 + qy:y1 - qy, x0 + qx:x1 - qx].mean() >= 128)
+    counter = word >> 8
+    if _code_word(counter) != word:
+        raise CameraError(f'no valid frame counter code (read {word:08x})')
+    return counter
+
+
+class TestPatternSource(FrameSource):
+    """A moving pattern with the wall-clock time and frame number burnt in.
+
+    Cheap at 1080p30: the background (colour bars, a grid, a diagonal ramp) is drawn once at
+    twice the width and each frame is a scrolled slice of it plus a few small drawings. The
+    frame counter is the frame's slot since :meth:`open` (so dropped frames show as gaps).
+    """
+
+    kind = 'test_pattern'
+    __test__ = False  # not a pytest class, despite the name
+
+    def __init__(self, width: int, height: int, fps: float) -> None:
+        super().__init__(width, height, fps)
+        if width * 3 < height * 2:
+            raise CameraError(f'test pattern {width}x{height}: needs width >= 2/3 height for '
+                              'the counter code')
+        self._bg = self._background(self.width, self.height)
+        self._pacer = _Pacer(self.fps)
+        self._open = False
+        self._scale = self.height / 720
+        self._thick = max(1, round(2 * self._scale))
+        self._step = max(1, round(self.width / (4 * self.fps)))  # crosses the frame in ~4 s
+
+    @staticmethod
+    def _background(width: int, height: int) -> np.ndarray:
+        bars = np.array([(192, 192, 192), (0, 192, 192), (192, 192, 0), (0, 192, 0),
+                         (192, 0, 192), (0, 0, 192), (192, 0, 0), (32, 32, 32)], np.uint8)
+        bg = np.empty((height, 2 * width, 3), np.uint8)
+        cols = np.arange(2 * width) * len(bars) // width % len(bars)
+        bg[:] = bars[cols][None, :, :]
+        ramp = (np.arange(2 * width)[None, :] + np.arange(height)[:, None]) % 256
+        lower = slice(height * 2 // 3, height)
+        bg[lower] = ramp[lower, :, None].astype(np.uint8)
+        grid = max(8, height // 12)
+        bg[::grid, :] = 255
+        bg[:, ::grid] = 255
+        return bg
+
+    def open(self) -> None:
+        self._pacer.restart()
+        self.dropped = 0
+        self._open = True
+
+    def read(self) -> tuple[np.ndarray, float]:
+        if not self._open:
+            raise CameraError('test pattern: not open')
+        idx, skipped = self._pacer.wait()
+        t = time.time()
+        self.dropped += skipped
+        return self.render(idx, t), t
+
+    def render(self, counter: int, t: float) -> np.ndarray:
+        """The frame for slot ``counter`` captured at UNIX time ``t``."""
+        w, h = self.width, self.height
+        off = (counter * self._step) % w
+        frame = self._bg[:, off:off + w].copy()
+        # A box bouncing vertically, so motion is visible in both axes.
+        box = h // 8
+        y = int((h - box) * (0.5 + 0.5 * math.sin(counter * 2 * math.pi / (3 * self.fps))))
+        cv2.rectangle(frame, (w - 2 * box, y), (w - box, y + box), (255, 255, 255), -1)
+        encode_frame_counter(frame, counter)
+        stamp = datetime.fromtimestamp(t).strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]
+        y0 = round(2 * h / CODE_BLOCKS_PER_HEIGHT)
+        line = round(40 * self._scale) + 4
+        cv2.rectangle(frame, (0, y0), (min(w, round(620 * self._scale)), y0 + 2 * line + 8),
+                      (0, 0, 0), -1)
+        for i, text in enumerate((stamp, f'frame {counter}')):
+            cv2.putText(frame, text, (8, y0 + (i + 1) * line), cv2.FONT_HERSHEY_SIMPLEX,
+                        1.2 * self._scale, (255, 255, 255), self._thick, cv2.LINE_AA)
+        return frame
+
+    def close(self) -> None:
+        self._open = False
+
+
+def open_source(kind: str, *, width: int, height: int, fps: float, device: str = '/dev/video0',
+                path: str = '', loop: bool = True) -> FrameSource:
+    """Build (not open) the source ``kind`` (device | file | test_pattern)."""
+    if kind == 'device':
+        return DeviceSource(device, width, height, fps)
+    if kind == 'file':
+        return FileSource(path, width, height, fps, loop=loop)
+    if kind == 'test_pattern':
+        return TestPatternSource(width, height, fps)
+    raise CameraError(f'unknown camera source {kind!r}: device, file or test_pattern')
