@@ -1,0 +1,182 @@
+"""Annex B access units to fragmented MP4 in memory, for Media Source Extensions.
+
+The camera's H.264 is remuxed, never re-encoded: PyAV's mp4 muxer with ``empty_moov`` builds
+the init segment (``ftyp`` + ``moov``, avcC taken from the first keyframe's SPS/PPS) and, with
+``frag_every_frame``, one ``moof`` + ``mdat`` per frame so a browser can show a frame as soon
+as it arrives. The muxer writes a frame's fragment when the next frame comes in (it needs the
+duration), so live view lags the camera by one frame period on top of transport.
+"""
+from __future__ import annotations
+
+import io
+import struct
+from fractions import Fraction
+from typing import NamedTuple
+
+import av
+
+from bodycam_ros.core.h264 import NAL_SPS, EncoderError, is_keyframe, iter_nal_units
+
+__all__ = ['Fragment', 'FragmentMuxer', 'LiveError', 'codec_string', 'split_boxes']
+
+#: MP4 media time base: 90 kHz, as RTP and MPEG-TS use for video.
+TIME_BASE = Fraction(1, 90_000)
+MOVFLAGS = 'empty_moov+default_base_moof+frag_keyframe+frag_every_frame'
+
+
+class LiveError(Exception):
+    """Live view input or set-up is unusable; the message says what and why."""
+
+
+class Fragment(NamedTuple):
+    """One ``moof`` + ``mdat`` pair holding one frame."""
+    data: bytes
+    keyframe: bool   # a decoder (a new or resynchronising viewer) can start here
+    seq: int         # fragment number within this muxer, from 0
+    stamp: float     # capture time of the frame (UNIX s)
+
+
+def split_boxes(buf: bytearray) -> list[bytes]:
+    """Remove and return every complete top-level ISO BMFF box at the start of ``buf``."""
+    boxes = []
+    while len(buf) >= 8:
+        size, = struct.unpack_from('>I', buf, 0)
+        if size == 1:
+            if len(buf) < 16:
+                break
+            size, = struct.unpack_from('>Q', buf, 8)
+        if size < 8:
+            raise LiveError(f'bad MP4 box size {size} (type {bytes(buf[4:8])!r})')
+        if len(buf) < size:
+            break
+        boxes.append(bytes(buf[:size]))
+        del buf[:size]
+    return boxes
+
+
+def codec_string(sps: bytes) -> str:
+    """RFC 6381 codec string (``avc1.PPCCLL``) from an SPS NAL unit (header byte first)."""
+    if len(sps) < 4 or sps[0] & 0x1F != NAL_SPS:
+        raise LiveError(f'not an SPS NAL unit: {sps[:4].hex()}')
+    return f'avc1.{sps[1]:02x}{sps[2]:02x}{sps[3]:02x}'
+
+
+class _Sink(io.RawIOBase):
+    """Where the muxer writes: bytes collect until complete boxes can be split off."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buf = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        self.buf += b
+        return len(b)
+
+
+class FragmentMuxer:
+    """Muxes one H.264 stream into an init segment plus one fragment per frame.
+
+    Frames before the first keyframe are skipped (nothing can decode them). A keyframe whose
+    SPS differs from the init segment's (the camera restarted with another size) raises
+    :class:`LiveError` with ``restart`` semantics: the caller builds a new muxer.
+    """
+
+    def __init__(self) -> None:
+        self._sink = _Sink()
+        self._out: av.container.OutputContainer | None = None
+        self._stream = None
+        self._sps: bytes | None = None
+        self._t0: float | None = None
+        self._last_pts = -1
+        self._pending: list[tuple[bool, float]] = []   # (keyframe, stamp) of muxed frames
+        self._seq = 0
+        self.init_segment: bytes | None = None
+        self.codec: str | None = None
+        self.skipped = 0
+
+    @property
+    def sps(self) -> bytes | None:
+        return self._sps
+
+    def feed(self, annexb: bytes, stamp: float) -> list[Fragment]:
+        """Mux one access unit captured at ``stamp``; return the fragments now complete.
+
+        Raises:
+            LiveError: the bytes are not Annex B H.264, the SPS changed, or FFmpeg refused.
+        """
+        try:
+            key = is_keyframe(annexb)
+            sps = next((n.data for n in iter_nal_units(annexb) if n.type == NAL_SPS), None) \
+                if key else None
+        except EncoderError as exc:
+            raise LiveError(str(exc)) from exc
+        if self._out is None:
+            if not key or sps is None:
+                self.skipped += 1
+                return []
+            self._open(sps, stamp)
+        elif sps is not None and sps != self._sps:
+            raise LiveError('SPS changed (new frame size or profile): a new init segment is '
+                            'needed')
+        pts = round((stamp - self._t0) / TIME_BASE) if self._t0 is not None else 0
+        pts = max(pts, self._last_pts + 1)   # stamps must rise strictly; a clock step is clamped
+        self._last_pts = pts
+        pkt = av.Packet(annexb)
+        pkt.pts = pkt.dts = pts
+        pkt.time_base = TIME_BASE
+        pkt.stream = self._stream
+        pkt.is_keyframe = key
+        self._pending.append((key, stamp))
+        try:
+            self._out.mux(pkt)
+        except (av.FFmpegError, ValueError) as exc:
+            self._pending.pop()
+            raise LiveError(f'mp4 muxer refused a frame: {exc}') from exc
+        return self._collect()
+
+    def _open(self, sps: bytes, stamp: float) -> None:
+        self._sps, self._t0 = sps, stamp
+        self.codec = codec_string(sps)
+        try:
+            self._out = av.open(self._sink, 'w', format='mp4',
+                                options={'movflags': MOVFLAGS, 'flush_packets': '1'})
+            self._stream = self._out.add_stream('h264')
+            self._stream.time_base = TIME_BASE
+        except (av.FFmpegError, ValueError) as exc:
+            raise LiveError(f'cannot open the fragmented MP4 muxer: {exc}') from exc
+
+    def _collect(self) -> list[Fragment]:
+        frags: list[Fragment] = []
+        boxes = split_boxes(self._sink.buf)
+        i = 0
+        while i < len(boxes):
+            kind = boxes[i][4:8]
+            if kind == b'ftyp' and i + 1 < len(boxes) and boxes[i + 1][4:8] == b'moov':
+                self.init_segment = boxes[i] + boxes[i + 1]
+                i += 2
+            elif kind == b'moof':
+                if i + 1 >= len(boxes):   # mdat not flushed yet: put the moof back
+                    self._sink.buf[:0] = boxes[i]
+                    break
+                key, stamp = self._pending.pop(0)
+                frags.append(Fragment(boxes[i] + boxes[i + 1], key, self._seq, stamp))
+                self._seq += 1
+                i += 2
+            elif kind in (b'ftyp', b'moov') and i + 1 >= len(boxes):
+                self._sink.buf[:0] = b''.join(boxes[i:])
+                break
+            else:
+                i += 1   # styp, sidx, mfra: not needed by MSE
+        return frags
+
+    def close(self) -> None:
+        """Release FFmpeg's muxer; the last frame's fragment is not emitted."""
+        out, self._out = self._out, None
+        if out is not None:
+            try:
+                out.close()
+            except (av.FFmpegError, ValueError, OSError):
+                pass   # closing an in-memory live stream: nothing to lose

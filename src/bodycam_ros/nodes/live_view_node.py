@@ -1,0 +1,204 @@
+"""live_view: the administration page and live stream of this unit, token-protected.
+
+Subscribes to ``camera/h264`` (remuxed to fragmented MP4 for the browser, never re-encoded),
+``camera/image_raw`` (MJPEG fallback, encoded only while someone watches it), and the unit's
+state: ``bodycam/triggers``, ``bodycam/alerts``, ``bodycam/peer_alert``, ``recorder/status``,
+``gps/fix``. Serves HTTP(S) on ``bind:port`` from its own threads; see
+:mod:`bodycam_ros.core.live`.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image, NavSatFix, NavSatStatus
+
+from bodycam_ros.core.live import (Alert, LiveError, LiveServer, LiveState, LiveStream, Position,
+                                   RecorderState, TriggerState)
+from bodycam_ros.core.live.state import LEVELS
+from bodycam_ros.core.tokens import TokenAuth, TokenError, load_token
+from bodycam_ros.rosutil import (ERROR, LATCHED_QOS, OK, RELIABLE_QOS, SENSOR_QOS, VIDEO_QOS,
+                                 WARN, Diagnostics, ParameterError, declare, run_node)
+
+WEB_DIR = Path(__file__).resolve().parents[1] / 'web'
+
+
+def _values(st: DiagnosticStatus) -> dict[str, str]:
+    return {kv.key: kv.value for kv in st.values}
+
+
+def _float(v: str | None) -> float | None:
+    try:
+        f = float(v) if v not in (None, '') else None
+    except ValueError:
+        return None
+    return f if f is not None and math.isfinite(f) else None
+
+
+def alert_from_status(st: DiagnosticStatus, peer: bool = False) -> Alert:
+    """A ``bodycam/alerts``-style DiagnosticStatus as the page's :class:`Alert`."""
+    v = _values(st)
+    state = v.get('state') or ('raised' if st.level == DiagnosticStatus.ERROR else 'cleared')
+    return Alert(alert_id=v.get('alert_id', ''), state=state, officer_id=v.get('officer_id', ''),
+                 unit_id=v.get('unit_id', ''), latitude=_float(v.get('latitude')),
+                 longitude=_float(v.get('longitude')), stamp=_float(v.get('stamp')) or time.time(),
+                 incident_id=v.get('incident_id', ''), peer=peer,
+                 distance_m=_float(v.get('distance_m')))
+
+
+class LiveViewNode(Node):
+    def __init__(self, **kw) -> None:
+        super().__init__('live_view', **kw)
+        bind = declare(self, 'bind', '127.0.0.1',
+                       'address to listen on (127.0.0.1 = this machine only; 0.0.0.0 = all)')
+        port = declare(self, 'port', 8080, 'TCP port (0 = any free port)',
+                       min_value=0, max_value=65535)
+        tls_cert = declare(self, 'tls_cert', '', 'PEM certificate file; with tls_key: HTTPS')
+        tls_key = declare(self, 'tls_key', '', 'PEM private key file for tls_cert')
+        token_file = declare(self, 'token_file', '',
+                             'file holding the access token (else $BODYCAM_LIVE_TOKEN, else '
+                             '<ROS_HOME>/bodycam/live_token, created if missing)')
+        max_viewers = declare(self, 'max_viewers', 16, 'concurrent video viewers',
+                              min_value=1, max_value=256)
+        max_queue_s = declare(self, 'max_queue_s', 2.0,
+                              'video a viewer may fall behind before it skips to a keyframe [s]',
+                              min_value=0.2, max_value=30.0)
+        self._mjpeg_rate = declare(self, 'mjpeg_rate', 5.0,
+                                   'max MJPEG frames per second (fallback stream)',
+                                   min_value=0.1, max_value=30.0)
+        self._jpeg_quality = declare(self, 'jpeg_quality', 75, 'MJPEG JPEG quality',
+                                     min_value=10, max_value=100)
+        session_ttl_s = declare(self, 'session_ttl_s', 43200.0,
+                                'how long a page session cookie stays valid [s]',
+                                min_value=60.0, max_value=7 * 86400.0)
+        unit = declare(self, 'unit_id', '', "this unit's id shown on the page (default: namespace)")
+        if bool(tls_cert) != bool(tls_key):
+            raise ParameterError('parameters live_view.tls_cert and live_view.tls_key must be '
+                                 'set together (both PEM files) or both empty')
+        try:
+            auth = TokenAuth(load_token(token_file))
+        except TokenError as exc:
+            raise ParameterError(f'parameter live_view.token_file: {exc}') from exc
+
+        self.state = LiveState(unit=unit or self.get_namespace().strip('/'))
+        self.stream = LiveStream(max_queue_s=max_queue_s, max_viewers=max_viewers)
+        try:
+            self.server = LiveServer(self.stream, self.state, auth, WEB_DIR, bind=bind,
+                                     port=port, tls_cert=tls_cert, tls_key=tls_key,
+                                     log=self.get_logger().debug, session_ttl_s=session_ttl_s)
+        except LiveError as exc:
+            raise ParameterError(f'parameters live_view.bind/port/tls_*: {exc}') from exc
+        self.server.start()
+        self.port = self.server.port
+        scheme = 'https' if tls_cert else 'http'
+        self.base_url = f'{scheme}://{bind}:{self.port}/'
+        self.get_logger().info(f'live view on {self.base_url} (token required)')
+
+        self._frames = 0
+        self._bad_images = 0
+        self._last_jpeg = 0.0
+        self._last_frames, self._last_rate_t = 0, time.monotonic()
+        self.diag = Diagnostics(self)
+        self.create_subscription(CompressedImage, 'camera/h264', self._on_h264, VIDEO_QOS)
+        self.create_subscription(Image, 'camera/image_raw', self._on_image, SENSOR_QOS)
+        self.create_subscription(DiagnosticArray, 'bodycam/triggers', self._on_triggers,
+                                 RELIABLE_QOS)
+        self.create_subscription(DiagnosticStatus, 'bodycam/alerts', self._on_alert, LATCHED_QOS)
+        self.create_subscription(DiagnosticStatus, 'bodycam/peer_alert', self._on_peer_alert,
+                                 LATCHED_QOS)
+        self.create_subscription(DiagnosticStatus, 'recorder/status', self._on_recorder,
+                                 SENSOR_QOS)
+        self.create_subscription(NavSatFix, 'gps/fix', self._on_fix, SENSOR_QOS)
+        self.create_timer(1.0, self._tick)
+
+    # ------------------------------------------------------------------ video
+    def _on_h264(self, msg: CompressedImage) -> None:
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        self._frames += 1
+        self.stream.push(bytes(msg.data), stamp)
+
+    def _on_image(self, msg: Image) -> None:
+        if self.server.jpeg.viewers <= 0:
+            return   # nobody on the MJPEG fallback: do not spend CPU on JPEG
+        now = time.monotonic()
+        if now - self._last_jpeg < 1.0 / self._mjpeg_rate:
+            return
+        if msg.encoding not in ('bgr8', 'rgb8') or msg.step < msg.width * 3 or \
+                len(msg.data) < msg.step * msg.height:
+            self._bad_images += 1
+            if self._bad_images in (1, 10, 100) or self._bad_images % 1000 == 0:
+                self.get_logger().warning(f'camera/image_raw: cannot use {msg.encoding} '
+                                          f'{msg.width}x{msg.height} ({self._bad_images} so far)')
+            return
+        rows = np.frombuffer(msg.data, np.uint8, msg.step * msg.height).reshape(msg.height,
+                                                                               msg.step)
+        frame = rows[:, :msg.width * 3].reshape(msg.height, msg.width, 3)
+        if msg.encoding == 'rgb8':
+            frame = frame[:, :, ::-1]
+        ok, jpeg = cv2.imencode('.jpg', frame, [cv2.IMWRITE_JPEG_QUALITY, self._jpeg_quality])
+        if ok:
+            self._last_jpeg = now
+            self.server.jpeg.put(jpeg.tobytes())
+
+    # ------------------------------------------------------------------ state
+    def _on_triggers(self, msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            self.state.set_trigger(TriggerState(st.name.rsplit('/', 1)[-1],
+                                                LEVELS.get(st.level, str(st.level)), st.message))
+
+    def _on_alert(self, msg: DiagnosticStatus) -> None:
+        self.state.update(alert=alert_from_status(msg))
+
+    def _on_peer_alert(self, msg: DiagnosticStatus) -> None:
+        self.state.set_peer_alert(alert_from_status(msg, peer=True))
+
+    def _on_recorder(self, msg: DiagnosticStatus) -> None:
+        v = _values(msg)
+        free = _float(v.get('free_bytes'))
+        rec = RecorderState(msg.message, v.get('incident_id', ''), _float(v.get('buffered_s')),
+                            int(free) if free is not None else None)
+        if rec != self.state.recorder:
+            self.state.update(recorder=rec)
+
+    def _on_fix(self, msg: NavSatFix) -> None:
+        if not (math.isfinite(msg.latitude) and math.isfinite(msg.longitude)):
+            return
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        self.state.update(position=Position(msg.latitude, msg.longitude, stamp,
+                                            msg.status.status >= NavSatStatus.STATUS_FIX))
+
+    # ------------------------------------------------------------------ health
+    def _tick(self) -> None:
+        now = time.monotonic()
+        fps = (self._frames - self._last_frames) / max(now - self._last_rate_t, 1e-3)
+        self._last_frames, self._last_rate_t = self._frames, now
+        if abs(fps - self.state.video_fps) >= 0.5:
+            self.state.update(video_fps=fps)
+        s = self.stream.stats()
+        values = dict(url=self.base_url, viewers=s.viewers, frames=s.frames_in,
+                      fragments=s.fragments_out, bad_frames=s.bad_frames,
+                      viewer_resyncs=s.viewer_resyncs, mjpeg_viewers=self.server.jpeg.viewers,
+                      unauthorized=self.server.counters.get('unauthorized', 0))
+        if s.frames_in == 0 or now - self.stream.last_frame_time > 3.0:
+            self.diag.set(WARN, 'no video from camera/h264', **values)
+        elif s.last_error and s.bad_frames and fps < 1.0:
+            self.diag.set(ERROR, f'cannot mux the camera stream: {s.last_error}', **values)
+        else:
+            self.diag.set(OK, f'serving {s.viewers} viewer(s)', **values)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def main(args=None) -> int:
+    return run_node(lambda: LiveViewNode(), args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
