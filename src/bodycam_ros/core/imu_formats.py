@@ -16,21 +16,29 @@ SOURCES.md S1/S2) as the mean accel of the first and last second of each trial:
   (forward axis points at the ceiling): so ``x_body = +z_s``. Right-handed completion gives
   ``y_body = -x_s``. (F04 of subject SA02 ends at z_s = +0.75 g: that subject rolled over or
   wore the device differently; the SA01 trials all agree.)
-  The ITG3200 gyro is a separate chip on the same board; its axes are taken to be the
-  ADXL345's (same mapping) - see ``SISFALL_GYRO_FROM_SENSOR`` for the check made.
-* UMAFall, TI SensorTag (MPU-9250: accel and gyro share one die, so one mapping for both).
+  The ITG3200 gyro is a separate chip on the same board. Check: integrate the gyro over
+  1 s windows that start and end still and compare the predicted turn of the gravity vector
+  with the measured one, for all 48 signed axis permutations over the 20 trials: the
+  ADXL345's own axes win (mean error 13° vs. 20° for the next candidate and 23° for no
+  rotation), so the gyro gets the same mapping.
+* UMAFall, TI SensorTag (MPU-9250).
   Waist (id 2) upright: ≈ (0.94, 0.02, 0.50) g in the Walking trial (the belt clip tilts
   the tag ~25-30° back), so sensor +x is up: ``z_body = +x_s``. Lying after forwardFall
   z_s = -0.87 g (face down), after backwardFall z_s = +1.07 g (on the back), so
   ``x_body = +z_s`` and ``y_body = -y_s``. The chest tag (id 1: start (0.94, -0.02, 0.43),
   forwardFall end z_s = -0.86, backwardFall end z_s = +0.86) and the ankle tag (id 4:
   start (0.99, -0.09, 0.11), forwardFall end z_s = -0.86, backwardFall end z_s = +0.82)
-  agree with the same mapping. The wrist tag (id 3) swings with the arm and the pocket phone
+  agree with the same mapping. The same gyro check as for SisFall shows the tag's gyro x
+  and z run opposite to its accel x and z (mean error over 1-3 s still-to-still windows of
+  all 7 trials, chest/waist/ankle: 10.6/10.1/13.7° with x, z flipped vs. 27.5/22.6/39.7°
+  taken as is, 33.1/28.0/30.7° for no rotation; the firmware negates them), so the gyro
+  is read as diag(-1, 1, -1) in the accel's axes before the body mapping. The wrist tag (id 3) swings with the arm and the pocket phone
   (id 0) turns up either way up between trials (y_s = -1.04 g in Walking, +0.95 g in
   Sitting), so neither has a body frame: loading them raises :class:`ImuFormatError`.
   UMAFall does not state the gyro unit; °/s it is: walking/jogging gyro std reaches
   50-150 per axis (rad/s would mean 20+ rev/s at the waist), and the MPU-9250 on the
-  SensorTag reports °/s.
+  SensorTag reports °/s; in the same check a scale of 1.0 °/s fits best (0.8: 11.9°,
+  1.25: 14.7-17.2°, 2.0: 34°).
   The mounting tilt is NOT removed: the wearer's own posture and clip vary per trial, and
   a detector must cope with a tilted body-worn camera anyway.
 """
@@ -57,6 +65,8 @@ SISFALL_ACCEL_FROM_SENSOR = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], dtype=
 SISFALL_GYRO_FROM_SENSOR = SISFALL_ACCEL_FROM_SENSOR
 #: x_body = z_s, y_body = -y_s, z_body = x_s (see module doc).
 UMAFALL_TAG_FROM_SENSOR = np.array([[0, 0, 1], [0, -1, 0], [1, 0, 0]], dtype=float)
+#: The tag's gyro x and z are negated relative to its accel (see module doc).
+UMAFALL_GYRO_FROM_SENSOR = UMAFALL_TAG_FROM_SENSOR @ np.diag([-1.0, 1.0, -1.0])
 
 UMAFALL_SENSORS = {0: 'right trouser pocket phone', 1: 'chest', 2: 'waist', 3: 'wrist',
                    4: 'ankle'}
@@ -120,10 +130,11 @@ def load_sisfall(path: str | Path) -> ImuRecording:
                 skipped += 1
                 continue
             try:
-                v = [float(c) for c in cols[:6]]
+                v = [float(c) for c in cols]
             except ValueError:
                 skipped += 1
                 continue
+            del v[6:]   # the MMA8451Q columns duplicate the ADXL345 at lower range: unused
             if not all(math.isfinite(x) for x in v):
                 nan += 1
                 continue
@@ -202,7 +213,7 @@ def load_umafall(path: str | Path, sensor_id: int = 2) -> ImuRecording:
         t0, t1 = max(t0, gyr[0, 0]), min(t1, gyr[-1, 0])
     grid = t0 + np.arange(int(math.floor((t1 - t0) * rate + 1e-9)) + 1) / rate
     accel = _interp(grid, acc) * G @ UMAFALL_TAG_FROM_SENSOR.T
-    gyro = (_interp(grid, gyr) * DEG @ UMAFALL_TAG_FROM_SENSOR.T) if gyr is not None else None
+    gyro = (_interp(grid, gyr) * DEG @ UMAFALL_GYRO_FROM_SENSOR.T) if gyr is not None else None
     m = _UMAFALL_NAME.search(path.name)
     if m:
         kind, desc = m.group(1), m.group(2)
