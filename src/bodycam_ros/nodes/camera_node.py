@@ -1,0 +1,270 @@
+"""camera node: frames from a device, file or test pattern, H.264-encoded on the unit.
+
+Publishes ``camera/h264`` (one Annex B access unit per message, stamped at capture),
+``camera/image_raw`` (bgr8, at ``raw_rate`` for live view) and ``camera/camera_info``.
+Capture and encoding run on a thread of their own so the executor (diagnostics, parameter
+services) stays responsive; libx264 releases the GIL while it encodes. A camera that is
+missing or unplugged is an ERROR diagnostic and is retried every ``retry_s``; the node lives on.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from rclpy.exceptions import InvalidHandle, InvalidParameterTypeException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
+
+from bodycam_ros.core.h264 import EncoderError, H264Encoder
+from bodycam_ros.drivers.camera import CameraError, EndOfFile, FrameSource, open_source
+from bodycam_ros.rosutil import (ERROR, OK, SENSOR_QOS, VIDEO_QOS, WARN, Diagnostics,
+                                 ParameterError, declare, run_node)
+
+SOURCES = ('device', 'file', 'test_pattern')
+#: Horizontal field of view assumed for camera_info when the lens is not calibrated.
+DEFAULT_HFOV_DEG = 90.0
+
+
+def stamp_of(t: float) -> Time:
+    """UNIX seconds -> builtin_interfaces/Time."""
+    sec = int(t)
+    return Time(sec=sec, nanosec=min(999_999_999, int(round((t - sec) * 1e9))))
+
+
+def camera_info(width: int, height: int, hfov_deg: float = DEFAULT_HFOV_DEG) -> CameraInfo:
+    """Plausible pinhole intrinsics (no distortion) for an uncalibrated camera of this size."""
+    fx = (width / 2) / np.tan(np.radians(hfov_deg) / 2)
+    cx, cy = (width - 1) / 2, (height - 1) / 2
+    return CameraInfo(width=width, height=height, distortion_model='plumb_bob',
+                      d=[0.0] * 5, k=[fx, 0.0, cx, 0.0, fx, cy, 0.0, 0.0, 1.0],
+                      r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                      p=[fx, 0.0, cx, 0.0, 0.0, fx, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+class CameraNode(Node):
+    def __init__(self, **kw) -> None:
+        super().__init__('camera', **kw)
+        p = self._declare_all()
+        self._p = p
+        self._source: FrameSource = open_source(
+            p['source'], width=p['width'], height=p['height'], fps=p['fps'],
+            device=p['device'], path=p['path'], loop=p['loop'])
+        self._encoder: H264Encoder | None = None
+        self._info = camera_info(p['width'], p['height'])
+        self._info.header.frame_id = p['frame_id']
+
+        self._pub_h264 = self.create_publisher(CompressedImage, 'camera/h264', VIDEO_QOS)
+        self._pub_raw = self.create_publisher(Image, 'camera/image_raw', SENSOR_QOS)
+        self._pub_info = self.create_publisher(CameraInfo, 'camera/camera_info', SENSOR_QOS)
+        self._diag = Diagnostics(self, hardware_id=self._source.description)
+
+        # Written by the capture thread, read by the 1 Hz report; ints and floats only.
+        self._lock = threading.Lock()
+        self._level, self._message = OK, 'starting'
+        self.captured = self.encoded = self.keyframes = self.errors = self.retries = 0
+        self._encode_s_total = 0.0
+        self._last_error = ''
+        self._streaming_since: float | None = None
+        self._window = (time.monotonic(), 0, 0.0)   # (t, encoded, encode seconds) at last report
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._capture_loop, name='camera-capture',
+                                        daemon=True)
+        self.create_timer(1.0, self._report)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ parameters
+
+    def _declare_all(self) -> dict:
+        def d(name, default, description, **kw):
+            try:
+                return declare(self, name, default, description, **kw)
+            except InvalidParameterTypeException as exc:
+                raise ParameterError(f'parameter {self.get_name()}.{name}: {exc}') from exc
+
+        p = {
+            'source': d('source', 'test_pattern', 'frame source: device (V4L2), file, '
+                        'test_pattern', choices=SOURCES),
+            'device': d('device', '/dev/video0', 'V4L2 device path (source=device)'),
+            'path': d('path', '', 'video file to play as the camera (source=file)'),
+            'loop': d('loop', True, 'restart the file at its end (source=file)'),
+            'width': d('width', 1280, 'frame width [px], even', min_value=16, max_value=7680),
+            'height': d('height', 720, 'frame height [px], even', min_value=16,
+                        max_value=4320),
+            'fps': d('fps', 30, 'frame rate [Hz] (file: the file\'s own rate wins)',
+                     min_value=1, max_value=120),
+            'bitrate': d('bitrate', 4_000_000, 'H.264 target bit rate [bit/s]',
+                         min_value=100_000, max_value=50_000_000),
+            'gop': d('gop', 30, 'keyframe interval [frames], fixed', min_value=1,
+                     max_value=600),
+            'raw_rate': d('raw_rate', 2.0, 'camera/image_raw rate [Hz], 0 disables',
+                          min_value=0.0, max_value=120.0),
+            'frame_id': d('frame_id', 'camera_optical_frame', 'header.frame_id (REP 103 '
+                          'optical frame)'),
+            'retry_s': d('retry_s', 2.0, 'reopen period while the camera is missing [s]',
+                         min_value=0.05, max_value=300.0),
+        }
+        for name in ('width', 'height'):
+            if p[name] % 2:
+                raise ParameterError(f'parameter {self.get_name()}.{name}={p[name]} is invalid; '
+                                     'allowed an even number (yuv420p)')
+        if p['source'] == 'file' and not p['path']:
+            raise ParameterError(f'parameter {self.get_name()}.path is empty; allowed a video '
+                                 'file path when source=file')
+        if p['source'] == 'test_pattern' and p['width'] * 3 < p['height'] * 2:
+            raise ParameterError(f'parameter {self.get_name()}.width={p["width"]} is invalid; '
+                                 'allowed >= 2/3 of height for the test pattern')
+        return p
+
+    # ------------------------------------------------------------------ capture thread
+
+    def _capture_loop(self) -> None:
+        opened = False
+        next_raw = 0.0
+        raw_period = 1.0 / self._p['raw_rate'] if self._p['raw_rate'] > 0 else 0.0
+        info_period = raw_period or 1.0
+        next_info = 0.0
+        while not self._stop.is_set():
+            if not opened:
+                try:
+                    self._source.open()
+                except CameraError as exc:
+                    self._fail(exc)
+                    self._stop.wait(self._p['retry_s'])
+                    continue
+                opened = True
+                self._set_state(OK, 'streaming')
+            try:
+                frame, t = self._source.read()
+            except EndOfFile:
+                self._source.close()
+                self._set_state(WARN, 'end of file')
+                self.get_logger().warning(f'{self._source.description}: end of file')
+                return
+            except CameraError as exc:
+                self._source.close()
+                opened = False
+                self._fail(exc)
+                self._stop.wait(self._p['retry_s'])
+                continue
+            self.captured += 1
+            if not self._publish_frame(frame, t):
+                return
+            now = time.monotonic()
+            stamp = stamp_of(t)
+            if raw_period and now >= next_raw:
+                next_raw = max(next_raw + raw_period, now)
+                self._publish_raw(frame, stamp)
+            if now >= next_info:
+                next_info = max(next_info + info_period, now)
+                self._info.header.stamp = stamp
+                self._safe_publish(self._pub_info, self._info)
+        self._source.close()
+
+    def _publish_frame(self, frame: np.ndarray, t: float) -> bool:
+        """Encode and publish one frame; False when the node is going down."""
+        try:
+            if self._encoder is None:
+                self._encoder = H264Encoder(self._p['width'], self._p['height'],
+                                            self._source.fps, self._p['bitrate'], self._p['gop'])
+            t0 = time.perf_counter()
+            au = self._encoder.encode(frame)
+            self._encode_s_total += time.perf_counter() - t0
+        except EncoderError as exc:
+            with self._lock:
+                self.errors += 1
+                self._last_error = str(exc)
+            self.get_logger().error(f'encoder: {exc}', throttle_duration_sec=5.0)
+            return True
+        self.encoded += 1
+        self.keyframes += au.is_keyframe
+        msg = CompressedImage(format='h264', data=au.data)
+        msg.header = Header(stamp=stamp_of(t), frame_id=self._p['frame_id'])
+        return self._safe_publish(self._pub_h264, msg)
+
+    def _publish_raw(self, frame: np.ndarray, stamp: Time) -> None:
+        h, w = frame.shape[:2]
+        msg = Image(height=h, width=w, encoding='bgr8', is_bigendian=0, step=w * 3,
+                    data=frame.tobytes())
+        msg.header = Header(stamp=stamp, frame_id=self._p['frame_id'])
+        self._safe_publish(self._pub_raw, msg)
+
+    def _safe_publish(self, pub, msg) -> bool:
+        if self._stop.is_set() or not self.context.ok():
+            return False
+        try:
+            pub.publish(msg)
+        except (InvalidHandle, _rclpy.RCLError):
+            if self._stop.is_set() or not self.context.ok():
+                return False  # shutting down under us: the SIGINT path, not an error
+            raise
+        return True
+
+    # ------------------------------------------------------------------ status
+
+    def _fail(self, exc: CameraError) -> None:
+        with self._lock:
+            self.errors += 1
+            self.retries += 1
+            self._last_error = str(exc)
+        self.get_logger().error(f'{exc}; retrying every {self._p["retry_s"]:g} s',
+                                throttle_duration_sec=10.0)
+        self._set_state(ERROR, f'camera unavailable: {exc}')
+
+    def _set_state(self, level: int, message: str) -> None:
+        with self._lock:
+            changed = (level, message) != (self._level, self._message)
+            self._level, self._message = level, message
+            if level == OK and self._streaming_since is None:
+                self._streaming_since = time.monotonic()
+            elif level != OK:
+                self._streaming_since = None
+        if changed:
+            self._report()
+
+    @property
+    def dropped(self) -> int:
+        return self._source.dropped
+
+    def _report(self) -> None:
+        with self._lock:
+            now, enc, enc_s = time.monotonic(), self.encoded, self._encode_s_total
+            t0, enc0, enc_s0 = self._window
+            self._window = (now, enc, enc_s)
+            n = enc - enc0
+            fps = n / (now - t0) if now > t0 else 0.0
+            level, message = self._level, self._message
+            if (level == OK and self._streaming_since is not None
+                    and now - self._streaming_since > 3.0 and fps < 0.8 * self._source.fps):
+                level, message = WARN, f'low frame rate {fps:.1f} < {self._source.fps:g} fps'
+            self._diag.set(
+                level, message, source=self._source.description, frames_captured=self.captured,
+                frames_encoded=enc, dropped_frames=self._source.dropped, keyframes=self.keyframes,
+                fps=fps, encode_ms=1000 * (enc_s - enc_s0) / n if n else 0.0,
+                width=self._p['width'], height=self._p['height'], bitrate=self._p['bitrate'],
+                gop=self._p['gop'], errors=self.errors, retries=self.retries,
+                last_error=self._last_error)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def close(self) -> None:
+        """Stop the capture thread, then release the source and the encoder."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10.0)
+        self._source.close()
+        if self._encoder is not None:
+            self._encoder.close()
+
+
+def main(args=None) -> int:
+    return run_node(lambda: CameraNode(), args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
