@@ -96,6 +96,7 @@ class FragmentMuxer:
         self.init_segment: bytes | None = None
         self.codec: str | None = None
         self.skipped = 0
+        self.width = self.height = 0
 
     @property
     def sps(self) -> bytes | None:
@@ -117,7 +118,7 @@ class FragmentMuxer:
             if not key or sps is None:
                 self.skipped += 1
                 return []
-            self._open(sps, stamp)
+            self._open(sps, stamp, annexb)
         elif sps is not None and sps != self._sps:
             raise LiveError('SPS changed (new frame size or profile): a new init segment is '
                             'needed')
@@ -137,16 +138,28 @@ class FragmentMuxer:
             raise LiveError(f'mp4 muxer refused a frame: {exc}') from exc
         return self._collect()
 
-    def _open(self, sps: bytes, stamp: float) -> None:
-        self._sps, self._t0 = sps, stamp
-        self.codec = codec_string(sps)
+    def _open(self, sps: bytes, stamp: float, keyframe: bytes) -> None:
+        # Codec parameters (size, profile, avcC) from the keyframe's own SPS/PPS, parsed by
+        # FFmpeg's raw H.264 demuxer: a template stream, so no encoder is ever opened.
         try:
+            probe = av.open(io.BytesIO(keyframe), format='h264', mode='r')
+        except (av.FFmpegError, ValueError) as exc:
+            raise LiveError(f'first keyframe is not parseable H.264: {exc}') from exc
+        try:
+            template = probe.streams.video[0]
+            if not template.codec_context.width:
+                raise LiveError('first keyframe has no usable SPS (frame size unknown)')
+            self.width, self.height = template.codec_context.width, template.codec_context.height
             self._out = av.open(self._sink, 'w', format='mp4',
                                 options={'movflags': MOVFLAGS, 'flush_packets': '1'})
-            self._stream = self._out.add_stream('h264')
+            self._stream = self._out.add_stream_from_template(template)
             self._stream.time_base = TIME_BASE
         except (av.FFmpegError, ValueError) as exc:
             raise LiveError(f'cannot open the fragmented MP4 muxer: {exc}') from exc
+        finally:
+            probe.close()
+        self._sps, self._t0 = sps, stamp
+        self.codec = codec_string(sps)
 
     def _collect(self) -> list[Fragment]:
         frags: list[Fragment] = []
