@@ -1,0 +1,446 @@
+"""Tamper evidence: the device key, signed manifests, the hash chain, and their verification.
+
+Every sealed incident carries ``manifest.json`` (canonical JSON: sorted keys, fixed
+indentation, ASCII) listing the SHA-256 of each file, and ``manifest.sig``, a raw 64-byte
+Ed25519 signature over exactly the manifest's bytes. Each manifest names the SHA-256 of the
+previous sealed manifest, so removing, reordering or rewriting an incident breaks a link even
+when each remaining incident is internally consistent. ``evidence_dir/chain_head`` records the
+newest link; ``evidence_dir/pruned.jsonl`` records links whose incident was deleted after a
+verified upload, so a pruned spool still verifies.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+KEY_NAME = 'device_ed25519'
+MANIFEST = 'manifest.json'
+SIGNATURE = 'manifest.sig'
+UPLOAD_MARK = 'upload.json'        # written by the uploader after the remote copy verifies
+CHAIN_HEAD = 'chain_head'
+PRUNED_LOG = 'pruned.jsonl'
+GENESIS = '0' * 64                 # prev_manifest_sha256 of a device's first incident
+FORMAT = 'bodycam-incident/1'
+#: Files an incident may hold besides those its manifest lists.
+UNLISTED_OK = frozenset({MANIFEST, SIGNATURE, UPLOAD_MARK})
+
+
+class EvidenceError(RuntimeError):
+    """A key or manifest that cannot be created, read or trusted."""
+
+
+def canonical(manifest: dict[str, Any]) -> bytes:
+    """The one byte form a manifest is written, hashed and signed in."""
+    return (json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=True,
+                       allow_nan=False) + '\n').encode('ascii')
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
+    """(hex digest, size) of a file, read in chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, 'rb') as f:
+        while block := f.read(chunk):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write-to-temp, fsync, rename, fsync the directory: the file is whole or absent."""
+    tmp = path.with_name(f'.{path.name}.tmp')
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- the device key ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeviceKey:
+    """The unit's Ed25519 signing key; the private half never leaves ``keys/`` (mode 0600)."""
+    private: Any          # cryptography Ed25519PrivateKey
+    public_raw: bytes     # 32 bytes
+
+    @property
+    def fingerprint(self) -> str:
+        return sha256_bytes(self.public_raw)
+
+    def sign(self, data: bytes) -> bytes:
+        return self.private.sign(data)
+
+    @classmethod
+    def load_or_create(cls, keys_dir: Path) -> DeviceKey:
+        """Load ``keys_dir/device_ed25519``, creating it (and the exported ``.pub``) on first
+        run. A key readable by others is refused: it could have been copied."""
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = keys_dir / KEY_NAME
+        pub_path = keys_dir / f'{KEY_NAME}.pub'
+        if path.exists():
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                raise EvidenceError(f'{path} has mode {mode:o}; the device key must be 0600')
+            try:
+                private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            except ValueError as exc:
+                raise EvidenceError(f'{path}: not a PEM private key: {exc}') from exc
+            if not isinstance(private, Ed25519PrivateKey):
+                raise EvidenceError(f'{path}: not an Ed25519 key')
+        else:
+            private = Ed25519PrivateKey.generate()
+            pem = private.private_bytes(serialization.Encoding.PEM,
+                                        serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, pem)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            fsync_dir(keys_dir)
+        public = private.public_key()
+        pub_pem = public.public_bytes(serialization.Encoding.PEM,
+                                      serialization.PublicFormat.SubjectPublicKeyInfo)
+        if not pub_path.exists() or pub_path.read_bytes() != pub_pem:
+            write_atomic(pub_path, pub_pem)
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return cls(private, raw)
+
+
+def load_public_key(path: Path) -> bytes:
+    """Raw 32-byte Ed25519 public key from a PEM file."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except ValueError as exc:
+        raise EvidenceError(f'{path}: not a PEM public key: {exc}') from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise EvidenceError(f'{path}: not an Ed25519 public key')
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def signature_ok(public_raw: bytes, signature: bytes, data: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    try:
+        Ed25519PublicKey.from_public_bytes(public_raw).verify(signature, data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def public_key_field(key: DeviceKey) -> str:
+    return base64.b64encode(key.public_raw).decode('ascii')
+
+
+# -- the chain head ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChainHead:
+    sha256: str = GENESIS
+    sequence: int = 0
+    incident_id: str = ''
+
+    @classmethod
+    def read(cls, path: Path) -> ChainHead:
+        if not path.exists():
+            return cls()
+        try:
+            d = json.loads(path.read_text())
+            return cls(str(d['sha256']), int(d['sequence']), str(d.get('incident_id', '')))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EvidenceError(f'{path}: corrupt chain head: {exc}') from exc
+
+    def write(self, path: Path) -> None:
+        write_atomic(path, canonical({'sha256': self.sha256, 'sequence': self.sequence,
+                                      'incident_id': self.incident_id}))
+
+
+def sign_into(directory: Path, manifest: dict[str, Any], key: DeviceKey) -> str:
+    """Write ``manifest.json`` and ``manifest.sig`` into ``directory``; return the manifest's
+    SHA-256 (the next incident's ``prev_manifest_sha256``)."""
+    data = canonical(manifest)
+    write_atomic(directory / MANIFEST, data)
+    write_atomic(directory / SIGNATURE, key.sign(data))
+    return sha256_bytes(data)
+
+
+# -- verification -----------------------------------------------------------------------------
+@dataclass
+class IncidentCheck:
+    path: Path
+    incident_id: str = ''
+    sequence: int | None = None
+    manifest_sha256: str | None = None
+    prev_manifest_sha256: str | None = None
+    prev_incident_id: str | None = None
+    recovered: bool | None = None
+    signature_valid: bool = False
+    errors: list[str] = field(default_factory=list)
+    bad_files: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def bad(self, name: str, why: str) -> None:
+        path = self.path / name
+        if path not in self.bad_files:
+            self.bad_files.append(path)
+        self.errors.append(f'{name}: {why}')
+
+    def as_dict(self) -> dict[str, Any]:
+        return {'incident_id': self.incident_id, 'path': str(self.path), 'ok': self.ok,
+                'sequence': self.sequence, 'recovered': self.recovered,
+                'manifest_sha256': self.manifest_sha256,
+                'signature_valid': self.signature_valid, 'errors': self.errors,
+                'bad_files': [str(p) for p in self.bad_files]}
+
+
+def check_incident(directory: Path, public_raw: bytes | None) -> IncidentCheck:
+    """Check one sealed incident: manifest parses, signature holds, every file matches.
+
+    ``public_raw`` is the trusted device key; None falls back to the key in the manifest
+    (which proves integrity since sealing, not origin).
+    """
+    chk = IncidentCheck(directory, incident_id=directory.name)
+    mpath, spath = directory / MANIFEST, directory / SIGNATURE
+    if not mpath.is_file():
+        chk.bad(MANIFEST, 'missing')
+        return chk
+    data = mpath.read_bytes()
+    chk.manifest_sha256 = sha256_bytes(data)
+    try:
+        manifest = json.loads(data)
+        if not isinstance(manifest, dict):
+            raise ValueError('not an object')
+    except ValueError as exc:
+        chk.bad(MANIFEST, f'not valid JSON ({exc})')
+        manifest = None
+    if manifest is not None:
+        chk.incident_id = str(manifest.get('incident_id', ''))
+        chk.sequence = manifest.get('sequence') if isinstance(manifest.get('sequence'),
+                                                              int) else None
+        chk.prev_manifest_sha256 = manifest.get('prev_manifest_sha256')
+        chk.prev_incident_id = manifest.get('prev_incident_id')
+        chk.recovered = manifest.get('recovered')
+        if canonical(manifest) != data:
+            chk.bad(MANIFEST, 'not in canonical form (edited after sealing)')
+    key = public_raw
+    if key is None and manifest is not None:
+        try:
+            key = base64.b64decode(str(manifest.get('device_public_key', '')), validate=True)
+        except ValueError:
+            key = None
+    if not spath.is_file():
+        chk.bad(SIGNATURE, 'missing')
+    elif key is None or len(key) != 32:
+        chk.bad(MANIFEST, 'no usable public key to check the signature with')
+    else:
+        sig = spath.read_bytes()
+        chk.signature_valid = len(sig) == 64 and signature_ok(key, sig, data)
+        if not chk.signature_valid:
+            chk.errors.append('signature does not match the manifest (either was altered, or '
+                              'another key signed it)')
+            # Which one is bad is settled by the chain (see verify_tree); until then: both.
+            for name in (MANIFEST, SIGNATURE):
+                if directory / name not in chk.bad_files:
+                    chk.bad_files.append(directory / name)
+    if manifest is None:
+        return chk
+    if public_raw is not None and manifest.get('device_public_key') not in (
+            None, base64.b64encode(public_raw).decode('ascii')):
+        chk.bad(MANIFEST, 'names a different device key than the trusted one')
+    if chk.incident_id != directory.name:
+        chk.bad(MANIFEST, f'incident_id {chk.incident_id!r} does not match the directory')
+    files = manifest.get('files')
+    if not isinstance(files, dict):
+        chk.bad(MANIFEST, 'no files table')
+        files = {}
+    for name, entry in sorted(files.items()):
+        path = directory / name
+        if not isinstance(entry, dict) or '/' in name or name.startswith('.'):
+            chk.bad(MANIFEST, f'bad files entry {name!r}')
+            continue
+        if not path.is_file():
+            chk.bad(name, 'missing')
+            continue
+        digest, size = sha256_file(path)
+        if size != entry.get('size'):
+            chk.bad(name, f'size {size} != {entry.get("size")} in the manifest')
+        elif digest != entry.get('sha256'):
+            chk.bad(name, 'SHA-256 does not match the manifest')
+    for path in sorted(directory.iterdir()):
+        if path.name not in files and path.name not in UNLISTED_OK:
+            chk.bad(path.name, 'not listed in the manifest')
+    return chk
+
+
+@dataclass
+class Report:
+    path: Path
+    key_path: Path | None
+    key_trusted: bool
+    incidents: list[IncidentCheck] = field(default_factory=list)
+    chain_errors: list[str] = field(default_factory=list)
+    chain_bad: list[Path] = field(default_factory=list)
+
+    @property
+    def bad_files(self) -> list[Path]:
+        out: list[Path] = []
+        for p in [f for c in self.incidents for f in c.bad_files] + self.chain_bad:
+            if p not in out:
+                out.append(p)
+        return sorted(out)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.incidents) and not self.chain_errors and \
+            all(c.ok for c in self.incidents)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {'path': str(self.path), 'ok': self.ok,
+                'key': {'path': str(self.key_path) if self.key_path else None,
+                        'trusted': self.key_trusted},
+                'incidents': [c.as_dict() for c in self.incidents],
+                'chain': {'ok': not self.chain_errors, 'errors': self.chain_errors,
+                          'length': len(self.incidents)},
+                'bad_files': [str(p) for p in self.bad_files]}
+
+
+def find_layout(path: Path) -> tuple[list[Path], Path | None]:
+    """(incident dirs, evidence root or None) for an incident, a spool or an evidence dir."""
+    path = path.resolve()
+    if (path / MANIFEST).is_file() or (path / SIGNATURE).is_file():
+        root = path.parent.parent if path.parent.name == 'spool' else None
+        return [path], root
+    spool = path / 'spool' if (path / 'spool').is_dir() else path
+    root = spool.parent if spool.name == 'spool' else None
+    dirs = sorted(p for p in spool.iterdir() if p.is_dir() and not p.name.startswith('.'))
+    return dirs, root
+
+
+def verify_tree(path: Path, key_path: Path | None = None) -> Report:
+    """Check every incident under ``path`` and the hash chain between them."""
+    dirs, root = find_layout(path)
+    if key_path is None and root is not None and (root / 'keys' / f'{KEY_NAME}.pub').is_file():
+        key_path = root / 'keys' / f'{KEY_NAME}.pub'
+    public_raw = load_public_key(key_path) if key_path is not None else None
+    report = Report(path.resolve(), key_path, public_raw is not None)
+    report.incidents = [check_incident(d, public_raw) for d in dirs]
+    if not dirs:
+        report.chain_errors.append(f'no incidents under {path}')
+        return report
+    head = None
+    pruned: list[dict[str, Any]] = []
+    whole = root is not None and path.resolve() != dirs[0]   # a device's spool, not one clip
+    if whole:
+        head = ChainHead.read(root / CHAIN_HEAD) if (root / CHAIN_HEAD).exists() else None
+        if (root / PRUNED_LOG).exists():
+            for line in (root / PRUNED_LOG).read_text().splitlines():
+                try:
+                    pruned.append(json.loads(line))
+                except ValueError:
+                    continue
+    if len(dirs) > 1 or whole:
+        _check_chain(report, head, pruned, dirs[0].parent if whole else None)
+    return report
+
+
+def _check_chain(report: Report, head: ChainHead | None, pruned: list[dict[str, Any]],
+                 spool: Path | None) -> None:
+    """Links between manifests ordered by sequence; settles which file a bad signature is.
+
+    ``spool`` is set when this is a device's own spool (chain head and prune log at hand):
+    then every predecessor must be present or logged as pruned. A copy without them (a
+    bucket, a subset handed to court) may start anywhere but must have no gaps.
+    """
+    def bad(path: Path, why: str) -> None:
+        report.chain_errors.append(why)
+        if path not in report.chain_bad:
+            report.chain_bad.append(path)
+
+    by_seq: dict[int, IncidentCheck] = {}
+    for chk in report.incidents:
+        if chk.sequence is None:
+            continue
+        if chk.sequence in by_seq:
+            other = by_seq[chk.sequence]
+            bad(chk.path / MANIFEST, f'sequence {chk.sequence} used by both '
+                f'{other.incident_id} and {chk.incident_id}')
+            continue
+        by_seq[chk.sequence] = chk
+    known: dict[int, tuple[str, str]] = {}       # sequence -> (manifest sha256, incident id)
+    for p in pruned:
+        try:
+            known[int(p['sequence'])] = (str(p['manifest_sha256']), str(p['incident_id']))
+        except (KeyError, TypeError, ValueError):
+            continue
+    for seq, chk in by_seq.items():
+        known[seq] = (chk.manifest_sha256 or '', chk.incident_id)
+    vouched: set[int] = set()      # manifests whose bytes a later link confirms
+    seqs = sorted(by_seq)
+    parent = spool if spool is not None else (report.incidents[0].path.parent)
+    for seq in seqs:
+        chk = by_seq[seq]
+        prev = chk.prev_manifest_sha256
+        if seq == 1:
+            if prev != GENESIS:
+                bad(chk.path / MANIFEST, f'{chk.incident_id}: first incident but '
+                    'prev_manifest_sha256 is not the genesis value')
+        elif seq - 1 in known:
+            pred_sha, pred_id = known[seq - 1]
+            if prev == pred_sha:
+                vouched.add(seq - 1)
+            else:
+                pred = by_seq.get(seq - 1)
+                bad(pred.path / MANIFEST if pred else parent / pred_id,
+                    f'{chk.incident_id}: prev_manifest_sha256 does not match the manifest of '
+                    f'{pred_id} (sequence {seq - 1})')
+        elif seq != seqs[0] or spool is not None:
+            missing = parent / str(chk.prev_incident_id or f'sequence-{seq - 1}') / MANIFEST
+            bad(missing, f'{chk.incident_id}: its predecessor (sequence {seq - 1}, '
+                f'{chk.prev_incident_id}) is missing and was not pruned after upload')
+    if head is not None and known:
+        top = max(known)
+        if head.sequence > top:
+            bad(parent / head.incident_id / MANIFEST,
+                f'chain_head names sequence {head.sequence} ({head.incident_id}) but the newest '
+                f'present or pruned is {top}')
+        elif head.sequence == top and known[top][0] != head.sha256:
+            bad(parent / known[top][1] / MANIFEST,
+                f'chain_head does not match the manifest of sequence {top}')
+        elif head.sequence == top:
+            vouched.add(top)
+    # A bad signature on a manifest the chain vouches for: the signature file was altered.
+    for seq, chk in by_seq.items():
+        manifest = chk.path / MANIFEST
+        if not chk.signature_valid and seq in vouched and manifest in chk.bad_files and \
+                not any(e.startswith(MANIFEST) for e in chk.errors):
+            chk.bad_files.remove(manifest)

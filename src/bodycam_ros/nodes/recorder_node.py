@@ -1,0 +1,242 @@
+"""recorder node: the 2-minute look-back and tamper-evident incidents.
+
+Keeps the last ``pre_event_s`` of ``camera/h264`` (whole GOPs) and of the sensor topics in
+RAM. A ``recorder/command`` start opens an incident reaching back to the keyframe at or
+before ``trigger_time - pre_event_s``; later starts extend it; a stop begins the
+``post_event_s`` post-roll, after which the incident is sealed (signed, hash-chained) and
+moved into the spool for the uploader. On start-up, incidents a crash left unsealed are
+repaired and sealed as ``recovered``. Publishes ``recorder/status`` (~1 Hz and on every
+state change) and ``/diagnostics``.
+"""
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import TwistStamped
+from rclpy.exceptions import InvalidParameterTypeException
+from rclpy.node import Node
+from rclpy.serialization import serialize_message
+from sensor_msgs.msg import CompressedImage, Imu, NavSatFix
+from std_msgs.msg import Bool
+
+import bodycam_ros
+from bodycam_ros.core import evidence as ev
+from bodycam_ros.core.h264 import EncoderError, is_keyframe
+from bodycam_ros.core.ring import LookbackRing, SensorRecord, VideoPacket
+from bodycam_ros.core.spool import (Command, EvidenceStore, Recorder, RecorderConfig,
+                                    RecorderStatus, State)
+from bodycam_ros.rosutil import (ERROR, LATCHED_QOS, OK, RELIABLE_QOS, SENSOR_QOS, VIDEO_QOS,
+                                 WARN, Diagnostics, ParameterError, declare, run_node, status)
+
+#: (topic, type, QoS, latched) recorded into the sidecar and the look-back.
+SENSOR_TOPICS = (
+    ('imu/data', Imu, SENSOR_QOS, False),
+    ('gps/fix', NavSatFix, SENSOR_QOS, False),
+    ('gps/vel', TwistStamped, SENSOR_QOS, False),
+    ('holster/weapon_drawn', Bool, LATCHED_QOS, True),
+    ('bodycam/triggers', DiagnosticArray, RELIABLE_QOS, False),
+    ('bodycam/alerts', DiagnosticStatus, LATCHED_QOS, True),
+    ('dispatch/destination', NavSatFix, LATCHED_QOS, True),
+)
+REASONS = ('holster', 'dispatch_proximity', 'fight', 'foot_pursuit', 'officer_down', 'manual',
+           'peer_alert')
+#: No video for this long while the camera should be streaming: WARN.
+VIDEO_STALE_S = 3.0
+
+
+def ros_type_name(msg_type: type) -> str:
+    """'sensor_msgs/msg/Imu' for the rclpy class (what rosbag2 stores)."""
+    module = msg_type.__module__.split('.')
+    return f'{module[0]}/msg/{msg_type.__name__}'
+
+
+class RecorderNode(Node):
+    def __init__(self, **kw) -> None:
+        super().__init__('recorder', **kw)
+        p = self._declare_all()
+        self._p = p
+        try:
+            self._store = EvidenceStore(Path(p['evidence_dir']), quota_bytes=p['max_evidence_bytes'])
+            key = ev.DeviceKey.load_or_create(self._store.keys)
+        except (OSError, ev.EvidenceError) as exc:
+            raise ParameterError(f'parameter {self.get_name()}.evidence_dir='
+                                 f'{p["evidence_dir"]!r} is unusable: {exc}') from exc
+        self._ring = LookbackRing(
+            keep_s=p['pre_event_s'] + p['lookback_margin_s'], max_bytes=p['max_buffer_bytes'],
+            latched_topics=[self.resolve_topic_name(t) for t, _, _, latched in SENSOR_TOPICS
+                            if latched])
+        self._recorder = Recorder(self._store, self._ring, key, RecorderConfig(
+            pre_event_s=p['pre_event_s'], post_event_s=p['post_event_s'],
+            fragment_s=p['fragment_s'], min_free_bytes=p['min_free_bytes'],
+            device_id=p['device_id'] or socket.gethostname(), officer_id=p['officer_id'],
+            software_version=bodycam_ros.__version__), clock=self._now)
+        self.video_packets = self.bad_packets = self.bad_commands = 0
+        self.sensor_messages = 0
+        self._last_video = None
+        self._last_state = State.IDLE
+
+        self._status_pub = self.create_publisher(DiagnosticStatus, 'recorder/status', SENSOR_QOS)
+        self._diag = Diagnostics(self, hardware_id=str(self._store.root.resolve()))
+        self.create_subscription(CompressedImage, 'camera/h264', self._on_video, VIDEO_QOS)
+        for topic, msg_type, qos, _ in SENSOR_TOPICS:
+            self.create_subscription(msg_type, topic, self._sensor_callback(topic, msg_type),
+                                     qos, raw=True)
+        self._command_topic = self.resolve_topic_name('recorder/command')
+        self.create_subscription(DiagnosticStatus, 'recorder/command', self._on_command,
+                                 RELIABLE_QOS)
+        self.create_timer(0.1, self._tick)
+        self.create_timer(p['status_period_s'], self._publish_status)
+        self._recorder.start()
+        self.get_logger().info(
+            f'evidence in {self._store.root.resolve()}, look-back {p["pre_event_s"]:.0f} s '
+            f'(<= {p["max_buffer_bytes"] / 1e6:.0f} MB), post-roll {p["post_event_s"]:.0f} s, '
+            f'device key {key.fingerprint[:16]}')
+
+    # -- parameters --------------------------------------------------------------------------
+    def _declare_all(self) -> dict:
+        def d(name, default, description, **kw):
+            try:
+                return declare(self, name, default, description, **kw)
+            except InvalidParameterTypeException as exc:
+                raise ParameterError(f'parameter {self.get_name()}.{name}: {exc}') from exc
+
+        p = {
+            'evidence_dir': d('evidence_dir', 'var/evidence', 'where recording/, spool/ and '
+                              'keys/ live (relative to the working directory)'),
+            'device_id': d('device_id', '', 'this unit\'s id in manifests ("" = hostname)'),
+            'officer_id': d('officer_id', 'unassigned', 'officer wearing the unit'),
+            'pre_event_s': d('pre_event_s', 120.0, 'look-back kept before a trigger [s]',
+                             min_value=0.0, max_value=600.0),
+            'post_event_s': d('post_event_s', 30.0, 'recording continues this long after a '
+                              'stop [s]', min_value=0.0, max_value=600.0),
+            'lookback_margin_s': d('lookback_margin_s', 5.0, 'extra look-back for trigger '
+                                   'latency (the trigger time precedes the command) [s]',
+                                   min_value=0.0, max_value=60.0),
+            # 120 s at 8 Mbit/s is 120 MB; 160 MB leaves room for the margin and a GOP.
+            'max_buffer_bytes': d('max_buffer_bytes', 160_000_000, 'RAM bound of the video '
+                                  'look-back [bytes]', min_value=1_000_000,
+                                  max_value=8_000_000_000),
+            'min_free_bytes': d('min_free_bytes', 500_000_000, 'free-space floor: below it '
+                                'uploaded incidents are deleted, oldest first [bytes]',
+                                min_value=0, max_value=1 << 50),
+            'max_evidence_bytes': d('max_evidence_bytes', 0, 'space evidence may use at most '
+                                    '(0 = the whole disk) [bytes]', min_value=0,
+                                    max_value=1 << 50),
+            'fragment_s': d('fragment_s', 1.0, 'longest MP4 fragment = most video a crash '
+                            'can lose [s]', min_value=0.1, max_value=1.0),
+            'status_period_s': d('status_period_s', 1.0, 'recorder/status period [s]',
+                                 min_value=0.05, max_value=60.0),
+        }
+        return p
+
+    # -- callbacks ---------------------------------------------------------------------------
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds / 1e9
+
+    def _on_video(self, msg: CompressedImage) -> None:
+        data = msg.data.tobytes() if hasattr(msg.data, 'tobytes') else bytes(msg.data)
+        try:
+            key = is_keyframe(data)
+        except EncoderError as exc:
+            self.bad_packets += 1
+            self.get_logger().warning(f'camera/h264: skipped a bad packet ({exc}); '
+                                      f'{self.bad_packets} so far', throttle_duration_sec=5.0)
+            return
+        self.video_packets += 1
+        self._last_video = self._now()
+        t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        self._recorder.on_video(VideoPacket(t, data, key))
+
+    def _sensor_callback(self, topic: str, msg_type: type):
+        name, type_name = self.resolve_topic_name(topic), ros_type_name(msg_type)
+        return lambda data: self._on_sensor(name, type_name, data)
+
+    def _on_sensor(self, topic: str, msgtype: str, data: bytes) -> None:
+        self.sensor_messages += 1
+        self._recorder.on_sensor(SensorRecord(self._now(), topic, msgtype, bytes(data)))
+
+    def _on_command(self, msg: DiagnosticStatus) -> None:
+        now = self._now()
+        # The command itself is evidence: it goes into the sidecar too.
+        self._recorder.on_sensor(SensorRecord(now, self._command_topic,
+                                              'diagnostic_msgs/msg/DiagnosticStatus',
+                                              serialize_message(msg)))
+        values = {kv.key: kv.value for kv in msg.values}
+        try:
+            if msg.name not in ('start', 'stop'):
+                raise ValueError(f'name {msg.name!r} is neither start nor stop')
+            reason = values.get('reason', 'manual' if msg.name == 'start' else '')
+            if msg.name == 'start' and reason not in REASONS:
+                raise ValueError(f'unknown reason {reason!r}')
+            trigger_time = float(values.get('trigger_time', now))
+            if trigger_time != trigger_time or trigger_time <= 0:
+                raise ValueError(f'trigger_time {values.get("trigger_time")!r}')
+        except ValueError as exc:
+            self.bad_commands += 1
+            self.get_logger().warning(f'recorder/command ignored: {exc}',
+                                      throttle_duration_sec=2.0)
+            return
+        result = self._recorder.on_command(Command(msg.name, reason, trigger_time,
+                                                   values.get('command_id', ''), now))
+        self.get_logger().info(result)
+        self._publish_status()
+
+    def _tick(self) -> None:
+        self._recorder.tick()
+        for line in self._recorder.events():
+            self.get_logger().info(line)
+        st = self._recorder.status()
+        if st.state is not self._last_state:
+            self._last_state = st.state
+            self._publish_status(st)
+
+    # -- status ------------------------------------------------------------------------------
+    def _publish_status(self, st: RecorderStatus | None = None) -> None:
+        st = st or self._recorder.status()
+        self._last_state = st.state
+        level, problem = self._health(st)
+        video_age = (self._now() - self._last_video) if self._last_video else -1.0
+        values = dict(
+            state=st.state.value, buffered_s=st.buffered_s, buffered_bytes=st.buffered_bytes,
+            incident_id=st.incident_id, free_bytes=st.free_bytes,
+            triggers=','.join(st.triggers), frames=st.frames, queue_length=st.queue_length,
+            pending_bytes=st.pending_bytes, sealed_count=st.sealed,
+            recovered_count=st.recovered, pruned_count=st.pruned, last_sealed=st.last_sealed,
+            pre_event_s=self._p['pre_event_s'], video_age_s=video_age,
+            fsync_ms=st.sync_ms_mean, disk_error=st.disk_error, problem=problem,
+            evidence_dir=str(self._store.root.resolve()))
+        msg = status(f'{self.get_namespace().rstrip("/")}/recorder'.lstrip('/'), level,
+                     st.state.value, **values)
+        self._status_pub.publish(msg)
+        self._diag.set(level, f'{st.state.value}' + (f': {problem}' if problem else ''),
+                       **{k: v for k, v in values.items() if k != 'evidence_dir'})
+
+    def _health(self, st: RecorderStatus) -> tuple[int, str]:
+        if st.disk_error:
+            return ERROR, f'disk error: {st.disk_error}'
+        if st.disk_low:
+            return ERROR, (f'disk low: {st.free_bytes} bytes free < min_free_bytes '
+                           f'{self._p["min_free_bytes"]} and no uploaded incident to delete')
+        if self._last_video is None or self._now() - self._last_video > VIDEO_STALE_S:
+            return WARN, 'no video on camera/h264'
+        if st.buffered_s + 1.0 < self._p['pre_event_s'] and \
+                self._ring.stats().evicted_for_bytes:
+            return WARN, (f'max_buffer_bytes limits the look-back to {st.buffered_s:.0f} s')
+        return OK, ''
+
+    def close(self) -> None:
+        """Seal what is being recorded (shutdown) before the process exits."""
+        self._recorder.close()
+        for line in self._recorder.events():
+            self.get_logger().info(line)
+
+
+def main(args=None) -> int:
+    return run_node(lambda: RecorderNode(), args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
