@@ -33,6 +33,12 @@ def _values(st: DiagnosticStatus) -> dict[str, str]:
     return {kv.key: kv.value for kv in st.values}
 
 
+def level_of(st: DiagnosticStatus) -> int:
+    """DiagnosticStatus.level as an int (rclpy gives the ``byte`` field as ``bytes``)."""
+    lvl = st.level
+    return lvl[0] if isinstance(lvl, (bytes, bytearray)) else int(lvl)
+
+
 def _float(v: str | None) -> float | None:
     try:
         f = float(v) if v not in (None, '') else None
@@ -44,7 +50,7 @@ def _float(v: str | None) -> float | None:
 def alert_from_status(st: DiagnosticStatus, peer: bool = False) -> Alert:
     """A ``bodycam/alerts``-style DiagnosticStatus as the page's :class:`Alert`."""
     v = _values(st)
-    state = v.get('state') or ('raised' if st.level == DiagnosticStatus.ERROR else 'cleared')
+    state = v.get('state') or ('raised' if level_of(st) == 2 else 'cleared')
     return Alert(alert_id=v.get('alert_id', ''), state=state, officer_id=v.get('officer_id', ''),
                  unit_id=v.get('unit_id', ''), latitude=_float(v.get('latitude')),
                  longitude=_float(v.get('longitude')), stamp=_float(v.get('stamp')) or time.time(),
@@ -150,7 +156,7 @@ class LiveViewNode(Node):
     def _on_triggers(self, msg: DiagnosticArray) -> None:
         for st in msg.status:
             self.state.set_trigger(TriggerState(st.name.rsplit('/', 1)[-1],
-                                                LEVELS.get(st.level, str(st.level)), st.message))
+                                                LEVELS.get(level_of(st), str(level_of(st))), st.message))
 
     def _on_alert(self, msg: DiagnosticStatus) -> None:
         self.state.update(alert=alert_from_status(msg))
