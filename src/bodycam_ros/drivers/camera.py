@@ -200,7 +200,7 @@ class FileSource(FrameSource):
         self._container: av.container.InputContainer | None = None
         self._frames: Any = None
         self._stream: Any = None
-        self._t0 = 0.0        # monotonic time of media time 0
+        self._t0: float | None = None   # monotonic time of media time 0, set by frame 0
         self._base = 0.0      # media time where the current pass of the file starts
         self._first_pts: float | None = None
         self._last_media = 0.0
@@ -227,7 +227,7 @@ class FileSource(FrameSource):
         if rate and float(rate) > 0:
             self.fps = float(rate)
         self._frames = self._container.decode(self._stream)
-        self._t0, self._base, self._first_pts, self._last_media = time.monotonic(), 0.0, None, 0.0
+        self._t0, self._base, self._first_pts, self._last_media = None, 0.0, None, 0.0
 
     def _next_frame(self) -> av.VideoFrame:
         assert self._container is not None
@@ -266,6 +266,8 @@ class FileSource(FrameSource):
             frame = self._next_frame()
             media = self._media_time(frame, self._last_media + period)
             self._last_media = media
+            if self._t0 is None:   # the clock starts when the first frame is ready
+                self._t0 = time.monotonic() - media
             lag = time.monotonic() - (self._t0 + media)
             if lag < period:
                 break

@@ -138,6 +138,8 @@ class CameraNode(Node):
                     self._stop.wait(self._p['retry_s'])
                     continue
                 opened = True
+                if not self._make_encoder():
+                    return
                 self._set_state(OK, 'streaming')
             try:
                 frame, t = self._source.read()
@@ -166,12 +168,25 @@ class CameraNode(Node):
                 self._safe_publish(self._pub_info, self._info)
         self._source.close()
 
-    def _publish_frame(self, frame: np.ndarray, t: float) -> bool:
-        """Encode and publish one frame; False when the node is going down."""
-        try:
-            if self._encoder is None:
+    def _make_encoder(self) -> bool:
+        """Create the encoder once the source's rate is known; False if libx264 cannot open."""
+        if self._encoder is None:
+            try:
                 self._encoder = H264Encoder(self._p['width'], self._p['height'],
                                             self._source.fps, self._p['bitrate'], self._p['gop'])
+            except EncoderError as exc:
+                self._source.close()
+                self.errors += 1
+                self._last_error = str(exc)
+                self.get_logger().error(f'encoder: {exc}')
+                self._set_state(ERROR, f'encoder unavailable: {exc}')
+                return False
+        return True
+
+    def _publish_frame(self, frame: np.ndarray, t: float) -> bool:
+        """Encode and publish one frame; False when the node is going down."""
+        assert self._encoder is not None
+        try:
             t0 = time.perf_counter()
             au = self._encoder.encode(frame)
             self._encode_s_total += time.perf_counter() - t0
