@@ -38,9 +38,10 @@ def default_token_path(env: Mapping[str, str] | None = None) -> Path:
 
 
 def load_token(token_file: str = '', env: Mapping[str, str] | None = None,
-               create: bool = True) -> str:
-    """The live view secret: ``token_file``, else ``$BODYCAM_LIVE_TOKEN``, else the default
-    file (created with a random token when ``create``).
+               create: bool = True, *, env_var: str = ENV_TOKEN,
+               default_name: str = 'live_token') -> str:
+    """The secret: ``token_file``, else ``$env_var``, else the default file
+    ``<ROS_HOME>/bodycam/<default_name>`` (created with a random token when ``create``).
 
     Raises:
         TokenError: the named file is missing or unusable, or the token is shorter than 16.
@@ -48,9 +49,9 @@ def load_token(token_file: str = '', env: Mapping[str, str] | None = None,
     env = os.environ if env is None else env
     if token_file:
         return _read(Path(token_file))
-    if env.get(ENV_TOKEN):
-        return _check(env[ENV_TOKEN].strip(), ENV_TOKEN)
-    path = default_token_path(env)
+    if env.get(env_var):
+        return _check(env[env_var].strip(), env_var)
+    path = default_token_path(env).with_name(default_name)
     if not path.exists() and create:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:   # O_EXCL: bodycam run and the node may race to create it; one wins

@@ -1,0 +1,379 @@
+"""The unit's side of dispatch: CAD assignments in, officer-down and incident events out,
+and officer-down alerts shared between units.
+
+- :class:`CadIntake` is the authenticated HTTP endpoint the CAD side POSTs assignments to;
+  :func:`parse_assignment` turns a request body into an :class:`Assignment` or says why not.
+- :class:`EventPolicy` turns what the unit publishes (alerts, triggers, recorder status) into
+  the events dispatch is sent, each with a stable id so a restart cannot send one twice.
+- :class:`PeerAlerts` decides, for another unit's officer-down alert, how far away it is and
+  whether this unit should start recording (``peer_trigger_radius_m``).
+No ROS imports.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from bodycam_ros.core.tokens import TokenAuth
+
+__all__ = ['EVENT_KINDS', 'Assignment', 'CadIntake', 'DispatchError', 'EventPolicy',
+           'PeerAlert', 'PeerAlerts', 'PeerDecision', 'haversine_m', 'parse_assignment']
+
+EVENT_KINDS = ('officer_down', 'weapon_drawn', 'incident_started', 'incident_sealed')
+_NS = uuid.UUID('6f0c0f5e-7f44-4d0e-9a47-b0d1ca3e6a11')   # ids of derived events
+MAX_BODY = 64 * 1024
+EARTH_RADIUS_M = 6_371_008.8
+
+
+class DispatchError(ValueError):
+    """A CAD request or an alert that cannot be used; the message names the field."""
+
+
+def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres (spherical Earth; < 0.5 % error, fine for a radius)."""
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec='milliseconds') \
+        .replace('+00:00', 'Z')
+
+
+# --------------------------------------------------------------------------- CAD intake
+
+@dataclass(frozen=True)
+class Assignment:
+    """A dispatch from CAD: go to (latitude, longitude); ``clear`` cancels the current one."""
+    assignment_id: str
+    latitude: float | None = None
+    longitude: float | None = None
+    clear: bool = False
+    note: str = ''
+    received_at: float = 0.0
+
+
+def _coord(d: dict, key: str, limit: float) -> float:
+    v = d.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+            or abs(v) > limit:
+        raise DispatchError(f'{key} must be a number in [-{limit:g}, {limit:g}], got {v!r}')
+    return float(v)
+
+
+def parse_assignment(body: bytes, now: float | None = None) -> Assignment:
+    """Parse a CAD JSON body: ``{"latitude", "longitude", "assignment_id"?, "note"?}`` or
+    ``{"clear": true}``.
+
+    Raises:
+        DispatchError: not JSON, not an object, or a field out of range.
+    """
+    if len(body) > MAX_BODY:
+        raise DispatchError(f'body of {len(body)} bytes exceeds {MAX_BODY}')
+    try:
+        d = json.loads(body or b'{}')
+    except ValueError as exc:
+        raise DispatchError(f'body is not JSON: {exc}') from exc
+    if not isinstance(d, dict):
+        raise DispatchError('body must be a JSON object')
+    aid = d.get('assignment_id', '')
+    if not isinstance(aid, (str, int)) or len(str(aid)) > 128:
+        raise DispatchError('assignment_id must be a string of at most 128 characters')
+    aid = str(aid) or str(uuid.uuid4())
+    note = str(d.get('note', ''))[:512]
+    t = time.time() if now is None else now
+    if d.get('clear') is True:
+        return Assignment(aid, clear=True, note=note, received_at=t)
+    return Assignment(aid, _coord(d, 'latitude', 90.0), _coord(d, 'longitude', 180.0),
+                      note=note, received_at=t)
+
+
+class _CadHandler(BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    server_version = 'bodycam-dispatch'
+    sys_version = ''
+    timeout = 10.0
+    server: _CadServer
+
+    def log_request(self, code='-', size='-') -> None:
+        self.server.intake.log(f'{self.client_address[0]} {self.command} '
+                               f'{self.path.split("?")[0]} {code}')
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002
+        pass   # request lines may carry credentials; log_request covers what matters
+
+    def _reply(self, code: int, doc: dict[str, Any]) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(code)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(body)))
+        if code == 401:
+            self.send_header('WWW-Authenticate', 'Bearer realm="bodycam-dispatch"')
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _auth(self) -> bool:
+        h = self.headers.get('Authorization', '')
+        if h[:7].lower() == 'bearer ' and self.server.intake.auth.check_token(h[7:].strip()):
+            return True
+        self.server.intake.rejected += 1
+        self._reply(401, {'error': 'a valid bearer token is required'})
+        return False
+
+    def _handle(self, clear: bool) -> None:
+        if self.path.split('?')[0] != '/dispatch':
+            return self._reply(404, {'error': 'POST or DELETE /dispatch'})
+        if not self._auth():
+            return
+        length = int(self.headers.get('Content-Length') or 0)
+        if length > MAX_BODY:
+            self.close_connection = True
+            return self._reply(413, {'error': f'body larger than {MAX_BODY} bytes'})
+        body = self.rfile.read(length) if length else b''
+        try:
+            a = parse_assignment(b'{"clear": true}' if clear and not body else body)
+            if clear:
+                a = replace(a, clear=True, latitude=None, longitude=None)
+        except DispatchError as exc:
+            self.server.intake.rejected += 1
+            return self._reply(400, {'error': str(exc)})
+        self.server.intake.accept(a)
+        self._reply(202, {'accepted': True, 'assignment_id': a.assignment_id,
+                          'clear': a.clear})
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle(clear=False)
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle(clear=True)
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.split('?')[0] != '/dispatch':
+            return self._reply(404, {'error': 'not found'})
+        if self._auth():
+            a = self.server.intake.current
+            self._reply(200, {'assignment': None if a is None or a.clear else a.__dict__})
+
+
+class _CadServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, addr, intake: CadIntake) -> None:
+        self.intake = intake
+        super().__init__(addr, _CadHandler)
+
+    def handle_error(self, request, client_address) -> None:
+        self.intake.rejected += 1
+
+
+class CadIntake:
+    """HTTP endpoint for CAD assignments (``POST``/``DELETE``/``GET /dispatch``, bearer token).
+
+    ``on_assignment`` runs on the request's thread; keep it short (publish and return).
+    """
+
+    def __init__(self, auth: TokenAuth, on_assignment: Callable[[Assignment], None], *,
+                 bind: str = '127.0.0.1', port: int = 8081,
+                 log: Callable[[str], None] = lambda _l: None) -> None:
+        self.auth, self._on, self.log = auth, on_assignment, log
+        self.current: Assignment | None = None
+        self.accepted = self.rejected = 0
+        try:
+            self._httpd = _CadServer((bind, port), self)
+        except OSError as exc:
+            raise DispatchError(f'cannot listen on {bind}:{port}: {exc.strerror}') from exc
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                        kwargs={'poll_interval': 0.2}, daemon=True,
+                                        name='cad-intake')
+
+    def accept(self, a: Assignment) -> None:
+        self.current = a
+        self.accepted += 1
+        self._on(a)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+# --------------------------------------------------------------------------- events out
+
+@dataclass(frozen=True)
+class Outgoing:
+    event_id: str
+    kind: str
+    body: dict[str, Any]
+
+
+class EventPolicy:
+    """Which unit events go to dispatch, and their documents.
+
+    Officer down is always forwarded (raised, and its cancel/clear); ``forward`` adds
+    ``weapon_drawn``, ``incident_started`` and ``incident_sealed``.
+    """
+
+    def __init__(self, unit_id: str, officer_id: str, forward: Iterable[str] = EVENT_KINDS,
+                 clock: Callable[[], float] = time.time) -> None:
+        unknown = set(forward) - set(EVENT_KINDS)
+        if unknown:
+            raise DispatchError(f'unknown event kinds {sorted(unknown)}; known {EVENT_KINDS}')
+        self.unit_id, self.officer_id = unit_id, officer_id
+        self.forward = set(forward) | {'officer_down'}
+        self._clock = clock
+        self.position: tuple[float, float] | None = None
+        self._holster_active = False
+        self._recorder: tuple[str, str] | None = None   # (state, incident) last seen
+        self._last_sealed: str | None = None
+
+    def _doc(self, kind: str, t: float, incident_id: str = '', **extra: Any) -> dict[str, Any]:
+        pos = self.position
+        return {'unit_id': self.unit_id, 'officer_id': self.officer_id, 'time': t,
+                'time_iso': _iso(t), 'incident_id': incident_id, 'queued_at': self._clock(),
+                'position': {'latitude': pos[0], 'longitude': pos[1]} if pos else None,
+                **extra}
+
+    def on_alert(self, values: dict[str, str]) -> list[Outgoing]:
+        """A ``bodycam/alerts`` officer-down status (its KeyValues as a dict)."""
+        alert_id, state = values.get('alert_id', ''), values.get('state', '')
+        if not alert_id or state not in ('raised', 'cancelled', 'cleared'):
+            raise DispatchError(f'alert without alert_id/state: {sorted(values)}')
+        t = _num(values.get('stamp')) or self._clock()
+        doc = self._doc('officer_down', t, values.get('incident_id', ''), state=state,
+                        alert_id=alert_id)
+        doc['unit_id'] = values.get('unit_id') or self.unit_id
+        doc['officer_id'] = values.get('officer_id') or self.officer_id
+        lat, lon = _num(values.get('latitude')), _num(values.get('longitude'))
+        if lat is not None and lon is not None:
+            doc['position'] = {'latitude': lat, 'longitude': lon}
+        return [Outgoing(str(uuid.uuid5(_NS, f'{alert_id}/{state}')), 'officer_down', doc)]
+
+    def on_triggers(self, statuses: Iterable[tuple[str, int, str]]) -> list[Outgoing]:
+        """``bodycam/triggers`` as (source, level, message); weapon drawn on a rising edge."""
+        out = []
+        for source, level, message in statuses:
+            if source != 'holster':
+                continue
+            active = level == 1
+            if active and not self._holster_active and 'weapon_drawn' in self.forward:
+                t = self._clock()
+                out.append(Outgoing(str(uuid.uuid4()), 'weapon_drawn',
+                                    self._doc('weapon_drawn', t, message=message)))
+            self._holster_active = active
+        return out
+
+    def on_recorder(self, state: str, incident_id: str, last_sealed: str) -> list[Outgoing]:
+        """``recorder/status``: an incident started (first seen RECORDING) or was sealed."""
+        out = []
+        now = self._clock()
+        if (state in ('RECORDING', 'POST_ROLL') and incident_id and self._recorder is not None
+                and self._recorder[1] != incident_id and 'incident_started' in self.forward):
+            out.append(Outgoing(str(uuid.uuid5(_NS, f'{incident_id}/started')),
+                                'incident_started',
+                                self._doc('incident_started', now, incident_id)))
+        if self._last_sealed is not None and last_sealed and last_sealed != self._last_sealed \
+                and 'incident_sealed' in self.forward:
+            out.append(Outgoing(str(uuid.uuid5(_NS, f'{last_sealed}/sealed')), 'incident_sealed',
+                                self._doc('incident_sealed', now, last_sealed)))
+        self._recorder = (state, incident_id if state in ('RECORDING', 'POST_ROLL') else '')
+        self._last_sealed = last_sealed
+        return out
+
+
+def _num(v: str | None) -> float | None:
+    try:
+        f = float(v) if v not in (None, '') else None
+    except ValueError:
+        return None
+    return f if f is not None and math.isfinite(f) else None
+
+
+# --------------------------------------------------------------------------- peer alerts
+
+@dataclass(frozen=True)
+class PeerAlert:
+    alert_id: str
+    state: str          # raised | cancelled | cleared
+    unit_id: str
+    officer_id: str
+    latitude: float | None
+    longitude: float | None
+    stamp: float
+    incident_id: str = ''
+
+    @staticmethod
+    def from_values(values: dict[str, str]) -> PeerAlert:
+        aid, state = values.get('alert_id', ''), values.get('state', '')
+        if not aid or state not in ('raised', 'cancelled', 'cleared'):
+            raise DispatchError(f'peer alert without alert_id/state: {sorted(values)}')
+        return PeerAlert(aid, state, values.get('unit_id', ''), values.get('officer_id', ''),
+                         _num(values.get('latitude')), _num(values.get('longitude')),
+                         _num(values.get('stamp')) or time.time(), values.get('incident_id', ''))
+
+
+@dataclass(frozen=True)
+class PeerDecision:
+    alert: PeerAlert
+    distance_m: float | None       # None: this unit or the peer has no position
+    start_recording: bool          # within peer_trigger_radius_m, first time for this alert
+
+
+class PeerAlerts:
+    """Tracks other units' officer-down alerts against this unit's own position.
+
+    ``radius_m`` 0 never starts recording. Each alert starts recording at most once; an
+    alert that arrives before this unit has a fix is decided when the first fix comes.
+    """
+
+    def __init__(self, own_unit: str, radius_m: float) -> None:
+        if radius_m < 0:
+            raise DispatchError(f'peer_trigger_radius_m must be >= 0, got {radius_m}')
+        self.own_unit, self.radius_m = own_unit, radius_m
+        self.own_alert_ids: set[str] = set()
+        self.position: tuple[float, float] | None = None
+        self._active: dict[str, PeerAlert] = {}   # by unit
+        self._started: set[str] = set()
+
+    def is_own(self, a: PeerAlert) -> bool:
+        return a.alert_id in self.own_alert_ids or (bool(a.unit_id) and
+                                                    a.unit_id == self.own_unit)
+
+    def _decide(self, a: PeerAlert) -> PeerDecision:
+        dist = None
+        if self.position and a.latitude is not None and a.longitude is not None:
+            dist = haversine_m(self.position[0], self.position[1], a.latitude, a.longitude)
+        start = (a.state == 'raised' and dist is not None and self.radius_m > 0
+                 and dist <= self.radius_m and a.alert_id not in self._started)
+        if start:
+            self._started.add(a.alert_id)
+        return PeerDecision(a, dist, start)
+
+    def on_alert(self, a: PeerAlert) -> PeerDecision | None:
+        """Another unit's alert (None for this unit's own, echoed back on the shared topic)."""
+        if self.is_own(a):
+            return None
+        if a.state == 'raised':
+            self._active[a.unit_id] = a
+        else:
+            self._active.pop(a.unit_id, None)
+        return self._decide(a)
+
+    def on_fix(self, lat: float, lon: float) -> list[PeerDecision]:
+        """This unit moved: re-measure every active peer alert."""
+        self.position = (lat, lon)
+        return [self._decide(a) for a in self._active.values()]
