@@ -30,6 +30,7 @@ STATIC = {'/': ('index.html', 'text/html; charset=utf-8'),
           '/index.html': ('index.html', 'text/html; charset=utf-8'),
           '/app.js': ('app.js', 'text/javascript; charset=utf-8'),
           '/style.css': ('style.css', 'text/css; charset=utf-8')}
+SNDBUF_BYTES = 256 * 1024
 _SECRET_RE = re.compile(r'((?:token|sig|access_token)=)[^&\s\'"]*', re.I)
 
 
@@ -177,6 +178,9 @@ class _Handler(BaseHTTPRequestHandler):
         except LiveError as exc:
             return self._send(503, f'{exc}\n'.encode(), 'text/plain', {'Retry-After': '2'})
         try:
+            # Little kernel buffering: a viewer that stops reading shows up in its own
+            # bounded queue within ~1 s instead of hiding seconds of video in the socket.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF_BYTES)
             self._start_chunked('video/mp4', {'X-Codec': viewer.codec})
             self._chunk(viewer.init_segment)
             while not app.stopping.is_set():
