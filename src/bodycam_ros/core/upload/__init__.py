@@ -1,0 +1,68 @@
+"""Upload sealed incidents to a bucket: resumable, verified, most urgent first.
+
+Pure Python (boto3 and PyAV imported lazily); used by the ``uploader`` node and by
+``bodycam upload``. See ``uploader.Uploader`` for the flow and ``errors`` for what each kind
+of failure makes the uploader do.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bodycam_ros.core.upload.backends import (S3_MIN_PART, Backend, BucketURL, FileBackend,
+                                              RemoteObject, S3Backend, open_backend,
+                                              parse_bucket_url)
+from bodycam_ros.core.upload.errors import (BucketMissingError, Cancelled, CredentialsError,
+                                            LocalError, TransientError, UploadError,
+                                            UploadGone, VerifyError)
+from bodycam_ros.core.upload.multipart import (FileDigest, UploadState, composite_etag,
+                                               digest_file, verify_remote)
+from bodycam_ros.core.upload.proxy import ProxyError, ProxyInfo, make_proxy
+from bodycam_ros.core.upload.queue import (RECORD, Incident, SpoolScan, atomic_write_json,
+                                           is_verified, read_incident, read_record, scan_spool)
+from bodycam_ros.core.upload.throttle import Backoff, RateLimiter, RateMeter, ThrottledReader
+from bodycam_ros.core.upload.uploader import (DrainResult, UploadConfig, UploadEvent,
+                                              Uploader, UploadStatus)
+
+DEFAULT_BUCKET = 'file://var/bucket'
+
+
+def proxy_default(bucket: str | BucketURL) -> bool:
+    """Proxies pay off over a slow uplink (s3), not for a local directory bucket."""
+    parsed = parse_bucket_url(bucket) if isinstance(bucket, str) else bucket
+    return parsed.scheme == 's3'
+
+
+def create_uploader(bucket: str, evidence_dir: Path, *, proxy: bool | None = None,
+                    s3_options: dict[str, Any] | None = None,
+                    on_event: Callable[[UploadEvent], None] | None = None,
+                    **config: Any) -> Uploader:
+    """An :class:`Uploader` for a bucket URL.
+
+    Args:
+        proxy: None picks :func:`proxy_default` for the bucket.
+        s3_options: ``S3Backend`` keywords (endpoint_url, region, credentials, profile).
+        config: further :class:`UploadConfig` fields.
+
+    Raises:
+        ValueError: a malformed bucket URL or configuration.
+    """
+    parsed = parse_bucket_url(bucket)
+    options = (s3_options or {}) if parsed.scheme == 's3' else {}
+    backend, prefix = open_backend(parsed, **options)
+    cfg = UploadConfig(evidence_dir=Path(evidence_dir),
+                       proxy=proxy_default(parsed) if proxy is None else proxy, **config)
+    return Uploader(backend, cfg, prefix, on_event=on_event)
+
+
+__all__ = [
+    'DEFAULT_BUCKET', 'RECORD', 'S3_MIN_PART', 'Backend', 'Backoff', 'BucketMissingError',
+    'BucketURL', 'Cancelled', 'CredentialsError', 'DrainResult', 'FileBackend', 'FileDigest',
+    'Incident', 'LocalError', 'ProxyError', 'ProxyInfo', 'RateLimiter', 'RateMeter',
+    'RemoteObject', 'S3Backend', 'SpoolScan', 'ThrottledReader', 'TransientError',
+    'UploadConfig', 'UploadError', 'UploadEvent', 'UploadGone', 'UploadState', 'UploadStatus',
+    'Uploader', 'VerifyError', 'atomic_write_json', 'composite_etag', 'create_uploader',
+    'digest_file', 'is_verified', 'make_proxy', 'open_backend', 'parse_bucket_url',
+    'proxy_default', 'read_incident', 'read_record', 'scan_spool', 'verify_remote',
+]

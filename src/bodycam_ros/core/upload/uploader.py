@@ -1,0 +1,469 @@
+"""The uploader: drains the spool to a bucket, most urgent incident first, never giving up.
+
+One worker thread (or the caller's thread for ``bodycam upload --once``) takes the most urgent
+sealed incident, uploads its proxy then its files (each resumable, see ``multipart``),
+verifies every remote object, and only then writes ``upload.json``. Errors back off
+exponentially with jitter; an officer-down or weapon incident that arrives mid-upload takes
+over at the next part boundary.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bodycam_ros.core.upload.backends import S3_MIN_PART, Backend, key_join
+from bodycam_ros.core.upload.errors import (BucketMissingError, Cancelled, CredentialsError,
+                                            UploadError, VerifyError)
+from bodycam_ros.core.upload.multipart import FileDigest, Transfer, UploadState, verify_remote
+from bodycam_ros.core.upload.proxy import ProxyError, make_proxy
+from bodycam_ros.core.upload.queue import (RECORD, Incident, SpoolScan, atomic_write_json,
+                                           is_verified, safe_component, scan_spool)
+from bodycam_ros.core.upload.throttle import Backoff, RateLimiter, RateMeter
+
+MiB = 1024 * 1024
+PROXY_NAME = 'proxy.mp4'
+VIDEO_NAME = 'video.mp4'
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    """How to upload. Sizes in bytes, rates in bytes/s, times in seconds."""
+    evidence_dir: Path
+    part_size: int = 8 * MiB
+    #: Files larger than this go up in parts (resumable); smaller ones in one PUT.
+    multipart_threshold: int = 8 * MiB
+    #: Uplink cap; 0 = unlimited.
+    bandwidth_bps: float = 0.0
+    #: Upload a low-resolution transcode of video.mp4 before the evidence files.
+    proxy: bool = False
+    proxy_height: int = 360
+    #: Delete the local incident this long after it verified; -1 = never (the recorder's
+    #: disk policy may still delete verified incidents under disk pressure).
+    keep_local_s: float = -1.0
+    base_backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    #: How often the spool is re-read when idle (a nudge wakes it sooner).
+    poll_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.part_size < 1 or self.multipart_threshold < 0:
+            raise ValueError(f'part_size {self.part_size} / multipart_threshold '
+                             f'{self.multipart_threshold} out of range')
+        if self.bandwidth_bps < 0:
+            raise ValueError(f'bandwidth_bps {self.bandwidth_bps} < 0')
+        if self.max_backoff_s < self.base_backoff_s or self.base_backoff_s <= 0:
+            raise ValueError(f'need 0 < base_backoff_s <= max_backoff_s, got '
+                             f'{self.base_backoff_s}, {self.max_backoff_s}')
+
+
+@dataclass(frozen=True)
+class UploadStatus:
+    """A snapshot for ``uploader/status`` and progress bars."""
+    state: str = 'starting'    # idle|checking|proxy|uploading|verifying|backoff|stopped
+    queue_length: int = 0
+    bytes_pending: int = 0
+    current_incident: str = ''
+    rate_bps: float = 0.0
+    last_error: str = ''
+    #: Class name of the last error while it is still unresolved ('' once an upload works).
+    error_kind: str = ''
+    consecutive_failures: int = 0
+    verified_total: int = 0
+    #: Bytes confirmed in the store this session (progress), and bytes sent (incl. resends).
+    bytes_done: int = 0
+    bytes_sent: int = 0
+    invalid: int = 0
+    recording: int = 0
+    backoff_until: float = 0.0
+
+    @property
+    def config_error(self) -> bool:
+        """Credentials or bucket are wrong: someone has to act."""
+        return self.error_kind in (CredentialsError.__name__, BucketMissingError.__name__)
+
+
+@dataclass(frozen=True)
+class UploadEvent:
+    kind: str            # verified|object|proxy|error|warning|invalid|deleted|yield
+    incident_id: str
+    message: str
+
+
+@dataclass
+class DrainResult:
+    verified: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    remaining: int = 0
+    error: str = ''
+    stopped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.remaining and not self.error and not self.stopped
+
+
+class Uploader:
+    """Uploads sealed incidents from ``config.evidence_dir/spool`` to ``backend``.
+
+    Use :meth:`drain` to empty the spool in the calling thread, or :meth:`start` /
+    :meth:`stop` to run in the background (the node). Thread-safe :meth:`status`.
+    """
+
+    def __init__(self, backend: Backend, config: UploadConfig, key_prefix: str = '', *,
+                 on_event: Callable[[UploadEvent], None] | None = None,
+                 rng: random.Random | None = None) -> None:
+        if backend.supports_multipart and config.part_size < S3_MIN_PART:
+            raise ValueError(f'part_size {config.part_size} < {S3_MIN_PART} (S3 minimum)')
+        self.backend, self.config, self.key_prefix = backend, config, key_prefix
+        self._on_event = on_event or (lambda e: None)
+        self._limiter = RateLimiter(config.bandwidth_bps) if config.bandwidth_bps > 0 else None
+        self._meter = RateMeter()
+        self._backoff = Backoff(config.base_backoff_s, config.max_backoff_s, rng)
+        self._lock = threading.Lock()
+        self._status = UploadStatus()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._checked = False
+        self._verified_ids: set[str] = set()
+        self._verified_at: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}
+        self._incident_failures: dict[str, int] = {}
+        self._reported_invalid: set[str] = set()
+        self._pending_base = 0
+        self._current_done = 0
+        self._poll_s = config.poll_s
+
+    # ------------------------------------------------------------------ public
+    def status(self) -> UploadStatus:
+        with self._lock:
+            st = self._status
+        return replace(st, rate_bps=self._meter.rate())
+
+    def nudge(self) -> None:
+        """Something changed in the spool (a recorder status); look again now."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Run in a background thread until :meth:`stop`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name='uploader', daemon=True)
+        self._thread.start()
+
+    def stop(self, drain_s: float = 0.0, settle_s: float = 0.5) -> None:
+        """Stop the background thread; first, for up to ``drain_s``, upload what is sealed.
+
+        While draining, incidents the recorder is still sealing (``recording/``) are waited
+        for: on shutdown the recorder seals its clip at the same moment we are asked to stop.
+        """
+        if self._thread is not None and drain_s > 0:
+            deadline = time.monotonic() + drain_s
+            self._poll_s = 0.1
+            self.nudge()
+            quiet_since = None
+            while time.monotonic() < deadline:
+                st = self.status()
+                idle = st.state in ('idle', 'stopped') and st.queue_length == 0 and \
+                    st.recording == 0
+                if idle:
+                    quiet_since = quiet_since or time.monotonic()
+                    if time.monotonic() - quiet_since >= settle_s:
+                        break
+                else:
+                    quiet_since = None
+                if not self._thread.is_alive():
+                    break
+                time.sleep(0.05)
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+        self._set(state='stopped')
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def drain(self, *, fail_fast: bool = True, max_failures: int | None = 6,
+              timeout_s: float | None = None) -> DrainResult:
+        """Upload everything sealed now, in this thread; return when the spool is empty.
+
+        Args:
+            fail_fast: stop at the first credentials/bucket error (retrying cannot help).
+            max_failures: give up after this many consecutive failures (per incident for
+                local errors).
+            timeout_s: give up after this long.
+        """
+        self._stop.clear()
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        return self._loop(until_empty=True, fail_fast=fail_fast, max_failures=max_failures,
+                          deadline=deadline)
+
+    # ------------------------------------------------------------------ loop
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._loop(until_empty=False, fail_fast=False, max_failures=None, deadline=None)
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive any bug
+                self._emit('error', '', f'internal error: {exc!r}')
+                self._set(last_error=f'internal error: {exc!r}', error_kind=type(exc).__name__)
+                self._stop.wait(self.config.max_backoff_s)
+
+    def _loop(self, *, until_empty: bool, fail_fast: bool, max_failures: int | None,
+              deadline: float | None) -> DrainResult:
+        result = DrainResult()
+        consecutive = 0
+        while True:
+            if self._stop.is_set():
+                result.stopped = True
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                result.error = result.error or 'timed out'
+                break
+            scan = self._scan()
+            now = time.time()
+            pending = [i for i in scan.pending if i.incident_id not in result.failed
+                       and i.path.name not in result.failed]
+            ready = [i for i in pending if self._retry_at.get(i.path.name, 0.0) <= now]
+            result.remaining = len(pending)
+            if not ready:
+                self._set(state='idle', current_incident='')
+                if until_empty and not pending:
+                    break
+                wait = self._poll_s
+                if pending:
+                    wait = min(wait, max(0.05, min(self._retry_at.get(i.path.name, now)
+                                                   for i in pending) - now))
+                self._wake.wait(wait)
+                self._wake.clear()
+                continue
+            inc = ready[0]
+            try:
+                self.upload_incident(inc)
+            except Cancelled:
+                continue      # stop requested (checked above) or yielded to an urgent one
+            except UploadError as exc:
+                consecutive += 1
+                msg = str(exc)
+                self._emit('error', inc.incident_id, msg)
+                self._set(last_error=msg, error_kind=type(exc).__name__,
+                          consecutive_failures=consecutive)
+                if not exc.remote:
+                    n = self._incident_failures.get(inc.path.name, 0) + 1
+                    self._incident_failures[inc.path.name] = n
+                    self._retry_at[inc.path.name] = time.time() + min(
+                        self.config.max_backoff_s, self.config.base_backoff_s * 2 ** n)
+                    if max_failures is not None and n >= max_failures:
+                        result.failed[inc.path.name] = msg
+                    continue
+                self._checked = False     # look at the bucket again before the next try
+                if (fail_fast and not exc.retryable) or \
+                        (max_failures is not None and consecutive >= max_failures):
+                    result.error = msg
+                    result.remaining = len(pending)
+                    break
+                delay = self._backoff.next_delay()
+                self._set(state='backoff', backoff_until=time.time() + delay)
+                self._stop.wait(delay)
+                continue
+            consecutive = 0
+            self._backoff.reset()
+            self._retry_at.pop(inc.path.name, None)
+            self._incident_failures.pop(inc.path.name, None)
+            result.verified.append(inc.incident_id)
+            self._set(error_kind='', consecutive_failures=0, backoff_until=0.0)
+        scan = self._scan()
+        result.remaining = len([i for i in scan.pending if i.path.name not in result.failed])
+        if self._stop.is_set():
+            result.stopped = True
+        return result
+
+    # ------------------------------------------------------------------ one incident
+    def upload_incident(self, inc: Incident) -> dict[str, Any]:
+        """Upload, verify and record one incident; returns the ``upload.json`` record.
+
+        Raises:
+            UploadError: see ``errors`` (state kept for the next attempt).
+            Cancelled: asked to stop, or a more urgent incident arrived.
+        """
+        self._ensure_checked()
+        work = self.config.evidence_dir / 'upload' / safe_component(inc.path.name)
+        state = UploadState(work, self.backend.url)
+        prefix = inc.key_prefix(self.key_prefix)
+        objects: list[tuple[str, Path]] = []
+        proxy_error = ''
+        names = {f.name for f in inc.files}
+        if self.config.proxy and VIDEO_NAME in names and PROXY_NAME not in names:
+            proxy_path = work / PROXY_NAME
+            if not proxy_path.is_file():
+                self._set(state='proxy', current_incident=inc.incident_id)
+                try:
+                    info = make_proxy(inc.path / VIDEO_NAME, proxy_path,
+                                      self.config.proxy_height, stop=self._stop)
+                    self._emit('proxy', inc.incident_id, f'{info.width}x{info.height} '
+                               f'{info.duration_s:.0f} s, {info.size / 1e6:.1f} MB')
+                except ProxyError as exc:
+                    proxy_error = str(exc)
+                    self._emit('warning', inc.incident_id, f'no proxy: {exc}')
+            if proxy_path.is_file():
+                objects.append((PROXY_NAME, proxy_path))
+        objects += [(f.name, f.path) for f in inc.files]
+        with self._lock:
+            self._current_done = 0
+        self._set(state='uploading', current_incident=inc.incident_id)
+
+        digests: dict[str, FileDigest] = {}
+        for name, path in objects:
+            transfer = Transfer(
+                backend=self.backend, key=key_join(prefix, name), path=path, state=state,
+                name=name, part_size=self.config.part_size,
+                multipart_threshold=self.config.multipart_threshold, limiter=self._limiter,
+                on_progress=self._on_sent, on_confirmed=self._on_confirmed, stop=self._stop,
+                check_yield=lambda: self._check_yield(inc),
+                metadata={'incident': inc.incident_id})
+            digests[name] = transfer.run()
+            self._emit('object', inc.incident_id,
+                       f'{self.backend.object_url(key_join(prefix, name))} '
+                       f'({digests[name].size} bytes)')
+            self._check_yield(inc)
+
+        self._set(state='verifying')
+        record_objects: dict[str, dict[str, Any]] = {}
+        for name, path in objects:
+            key = key_join(prefix, name)
+            remote = self.backend.head(key)
+            why = verify_remote(remote, digests[name], path, self.backend.computes_sha256)
+            if why:
+                state.objects[name]['uploaded'] = False
+                state.save()
+                raise VerifyError(f'{key}: {why}; uploading it again')
+            assert remote is not None
+            record_objects[name] = {'key': key, 'size': remote.size,
+                                    'sha256': digests[name].sha256, 'etag': remote.etag,
+                                    'checksum_sha256': remote.checksum_sha256}
+        proxy_record = record_objects.pop(PROXY_NAME, None) if PROXY_NAME not in names else None
+        mismatch = sorted(n for n, d in digests.items()
+                          if n in inc.manifest_sha256 and inc.manifest_sha256[n] != d.sha256)
+        if mismatch:
+            self._emit('warning', inc.incident_id, 'local files differ from the signed '
+                       f'manifest: {", ".join(mismatch)} (uploaded as found)')
+        verified_at = time.time()
+        record = {
+            'verified': True,
+            'bucket': self.backend.url,
+            'incident_id': inc.incident_id,
+            'key_prefix': prefix,
+            'objects': record_objects,
+            'proxy': proxy_record,
+            'proxy_error': proxy_error or None,
+            'manifest_mismatch': mismatch,
+            'missing': sorted(set(inc.manifest_sha256) - set(digests)),
+            'verified_at': verified_at,
+        }
+        atomic_write_json(inc.path / RECORD, record)
+        state.clear()
+        self._verified_ids.add(inc.path.name)
+        self._verified_at[inc.path.name] = verified_at
+        with self._lock:
+            st = self._status
+            self._status = replace(st, verified_total=st.verified_total + 1,
+                                   queue_length=max(0, st.queue_length - 1),
+                                   bytes_pending=max(0, self._pending_base - self._current_done))
+            self._pending_base = max(0, self._pending_base - inc.size)
+            self._current_done = 0
+        self._emit('verified', inc.incident_id, f'{len(record_objects)} objects verified '
+                   f'under {self.backend.object_url(prefix)}/')
+        self._retention()
+        return record
+
+    # ------------------------------------------------------------------ helpers
+    def _ensure_checked(self) -> None:
+        if self._checked:
+            return
+        self._set(state='checking')
+        warning = self.backend.check()
+        if warning:
+            self._emit('warning', '', warning)
+        self._checked = True
+
+    def _check_yield(self, current: Incident) -> None:
+        if self._stop.is_set():
+            raise Cancelled('stop requested')
+        if current.urgent:
+            return
+        scan = scan_spool(self.config.evidence_dir, skip=self._verified_ids)
+        if scan.pending and scan.pending[0].urgent:
+            self._emit('yield', current.incident_id,
+                       f'pausing for urgent incident {scan.pending[0].incident_id}')
+            raise Cancelled('urgent incident waiting')
+
+    def _scan(self) -> SpoolScan:
+        scan = scan_spool(self.config.evidence_dir, skip=self._verified_ids)
+        for name, record in scan.verified.items():
+            self._verified_ids.add(name)
+            try:
+                self._verified_at[name] = float(record.get('verified_at', 0.0))
+            except (TypeError, ValueError):
+                self._verified_at[name] = 0.0
+        for name, why in scan.invalid.items():
+            if name not in self._reported_invalid:
+                self._reported_invalid.add(name)
+                self._emit('invalid', name, f'skipped: {why}')
+        self._retention()
+        pending_bytes = sum(i.size for i in scan.pending)
+        with self._lock:
+            self._pending_base = pending_bytes
+            self._status = replace(self._status, queue_length=len(scan.pending),
+                                   bytes_pending=pending_bytes, invalid=len(scan.invalid),
+                                   recording=scan.recording)
+        return scan
+
+    def _retention(self) -> None:
+        keep = self.config.keep_local_s
+        if keep < 0:
+            return
+        now = time.time()
+        for name, at in list(self._verified_at.items()):
+            if now - at < keep:
+                continue
+            path = self.config.evidence_dir / 'spool' / name
+            # Only ever a directory whose own record says verified.
+            if path.is_dir() and is_verified(path):
+                try:
+                    shutil.rmtree(path)
+                except OSError as exc:
+                    self._emit('warning', name, f'cannot delete local copy: {exc}')
+                    continue
+                self._emit('deleted', name, f'local copy deleted {keep:.0f} s after verify')
+            self._verified_at.pop(name, None)
+            self._verified_ids.discard(name)
+
+    def _on_sent(self, n: int) -> None:
+        self._meter.add(n)
+        with self._lock:
+            self._status = replace(self._status, bytes_sent=self._status.bytes_sent + n)
+
+    def _on_confirmed(self, n: int) -> None:
+        with self._lock:
+            self._current_done += n
+            self._status = replace(self._status, bytes_done=self._status.bytes_done + n,
+                                   bytes_pending=max(0, self._pending_base - self._current_done))
+
+    def _set(self, **fields: Any) -> None:
+        with self._lock:
+            self._status = replace(self._status, **fields)
+
+    def _emit(self, kind: str, incident_id: str, message: str) -> None:
+        self._on_event(UploadEvent(kind, incident_id, message))
+
+
+__all__ = ['DrainResult', 'UploadConfig', 'UploadEvent', 'UploadStatus', 'Uploader']

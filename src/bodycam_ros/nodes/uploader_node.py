@@ -1,0 +1,154 @@
+"""uploader: drains sealed incidents from the evidence spool to a bucket.
+
+The spool directory is the durable queue (polled every ``poll_s``); ``recorder/status`` only
+nudges it to look sooner. Uploads run on the core's worker thread so the executor stays
+responsive. Publishes ``uploader/status`` (DiagnosticStatus, latched, 1 Hz) and /diagnostics.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from diagnostic_msgs.msg import DiagnosticStatus
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+
+from bodycam_ros.core.upload import (S3_MIN_PART, UploadEvent, UploadStatus, create_uploader,
+                                     parse_bucket_url, proxy_default)
+from bodycam_ros.rosutil import (ERROR, LATCHED_QOS, OK, SENSOR_QOS, WARN, Diagnostics,
+                                 ParameterError, declare, run_node, status)
+
+MiB = 1024 * 1024
+
+
+class UploaderNode(Node):
+    def __init__(self, **kw) -> None:
+        super().__init__('uploader', **kw)
+        evidence_dir = declare(self, 'evidence_dir', 'var/evidence',
+                               'evidence directory; sealed incidents are in <dir>/spool')
+        bucket = declare(self, 'bucket', 'file://var/bucket',
+                         'upload target: file://DIR or s3://bucket/prefix')
+        endpoint_url = declare(self, 'endpoint_url', '',
+                               'S3-compatible endpoint (MinIO, Ceph); empty for AWS')
+        region = declare(self, 'region', '', 'S3 region; empty for the AWS chain default')
+        access_key_id = declare(self, 'access_key_id', '',
+                                'S3 access key; empty for the standard AWS credential chain')
+        secret_access_key = declare(self, 'secret_access_key', '',
+                                    'S3 secret key (never logged); empty for the AWS chain')
+        part_size = declare(self, 'part_size', 8 * MiB,
+                            'multipart part size [bytes] (S3 minimum 5 MiB)',
+                            min_value=64 * 1024, max_value=5 * 1024 * MiB)
+        threshold = declare(self, 'multipart_threshold', 8 * MiB,
+                            'files larger than this [bytes] go up in resumable parts',
+                            min_value=0, max_value=5 * 1024 * MiB)
+        bandwidth = declare(self, 'bandwidth_bps', 0, 'uplink cap [bytes/s]; 0 = unlimited',
+                            min_value=0, max_value=10_000_000_000)
+        keep_local_s = declare(self, 'keep_local_s', -1.0,
+                               'delete the local incident this long [s] after it verified; '
+                               '-1 = never', min_value=-1.0, max_value=1e9)
+        max_backoff_s = declare(self, 'max_backoff_s', 60.0,
+                                'longest wait between retries [s]', min_value=1.0,
+                                max_value=3600.0)
+        poll_s = declare(self, 'poll_s', 1.0, 'spool poll period [s]', min_value=0.05,
+                         max_value=60.0)
+        self._drain_s = declare(self, 'drain_on_exit_s', 8.0,
+                                'on shutdown, keep uploading what the recorder seals for up '
+                                'to this long [s]', min_value=0.0, max_value=60.0)
+        proxy = self._declare_proxy()
+        try:
+            parsed = parse_bucket_url(bucket)
+        except ValueError as exc:
+            raise ParameterError(f'parameter uploader.bucket={bucket!r}: {exc}') from None
+        if parsed.scheme == 's3' and part_size < S3_MIN_PART:
+            raise ParameterError(f'parameter uploader.part_size={part_size} is invalid for '
+                                 f's3://; allowed >= {S3_MIN_PART} (5 MiB)')
+        use_proxy = proxy_default(parsed) if proxy == 'auto' else proxy == 'true'
+        self._uploader = create_uploader(
+            bucket, Path(evidence_dir), proxy=use_proxy, on_event=self._on_event,
+            s3_options={'endpoint_url': endpoint_url, 'region': region,
+                        'access_key_id': access_key_id, 'secret_access_key': secret_access_key},
+            part_size=part_size, multipart_threshold=threshold, bandwidth_bps=bandwidth,
+            keep_local_s=keep_local_s, max_backoff_s=max_backoff_s, poll_s=poll_s)
+        self._bucket = self._uploader.backend.url
+        self._pub = self.create_publisher(DiagnosticStatus, 'uploader/status', LATCHED_QOS)
+        self._diag = Diagnostics(self, hardware_id=self._bucket)
+        self.create_subscription(DiagnosticStatus, 'recorder/status', self._on_recorder,
+                                 SENSOR_QOS)
+        self._recorder_key: tuple[str, str] | None = None
+        self._last_log: dict[str, float] = {}
+        self.create_timer(1.0, self._publish)
+        self._uploader.start()
+        self.get_logger().info(f'uploading {Path(evidence_dir) / "spool"} to {self._bucket} '
+                               f'(proxy {"on" if use_proxy else "off"})')
+
+    def _declare_proxy(self) -> str:
+        """``proxy``: true, false or 'auto' (on for s3://, off for file://)."""
+        desc = ParameterDescriptor(description="upload a 360p proxy first: true, false or "
+                                   "'auto' (on for s3://, off for file://)", read_only=True,
+                                   dynamic_typing=True)
+        value = self.declare_parameter('proxy', 'auto', desc).value
+        text = str(value).lower()
+        if text not in ('auto', 'true', 'false'):
+            raise ParameterError(f'parameter uploader.proxy={value!r} is invalid; allowed one '
+                                 'of true, false, auto')
+        return text
+
+    # -- callbacks: convert, call core, publish -----------------------------------------------
+    def _on_recorder(self, msg: DiagnosticStatus) -> None:
+        values = {kv.key: kv.value for kv in msg.values}
+        key = (msg.message, values.get('incident_id', ''))
+        if key != self._recorder_key:
+            self._recorder_key = key
+            self._uploader.nudge()
+
+    def _on_event(self, e: UploadEvent) -> None:
+        """Called on the worker thread; logging is thread-safe. Repeats are throttled."""
+        text = f'{e.incident_id + ": " if e.incident_id else ""}{e.message}'
+        if e.kind in ('error', 'warning', 'invalid'):
+            now = time.monotonic()
+            if now - self._last_log.get(text, -1e9) < 30.0:
+                return
+            self._last_log[text] = now
+            (self.get_logger().error if e.kind == 'error' else self.get_logger().warning)(text)
+        elif e.kind in ('verified', 'deleted', 'yield', 'proxy'):
+            self.get_logger().info(f'{e.kind} {text}')
+
+    def _publish(self) -> None:
+        st = self._uploader.status()
+        level, message = self.level(st)
+        values = dict(queue_length=st.queue_length, bytes_pending=st.bytes_pending,
+                      current_incident=st.current_incident, rate_bps=round(st.rate_bps),
+                      last_error=st.last_error, state=st.state,
+                      verified_total=st.verified_total, bucket=self._bucket,
+                      invalid=st.invalid)
+        self._pub.publish(status('uploader', level, message, self._bucket, **values))
+        self._diag.set(level, message, **values)
+
+    @staticmethod
+    def level(st: UploadStatus) -> tuple[int, str]:
+        """ERROR when someone must act (credentials, bucket) or nothing has worked for a
+        while; WARN while retrying; OK otherwise."""
+        if st.error_kind and (st.config_error or st.consecutive_failures >= 5):
+            return ERROR, f'{st.state}: {st.last_error}'
+        if st.error_kind:
+            return WARN, f'retrying: {st.last_error}'
+        if st.invalid:
+            return WARN, f'{st.state}; {st.invalid} unreadable spool entr' + \
+                ('y' if st.invalid == 1 else 'ies') + ' skipped'
+        if st.current_incident:
+            return OK, f'{st.state} {st.current_incident}'
+        return OK, f'{st.state}; {st.queue_length} queued'
+
+    def close(self) -> None:
+        """On shutdown: upload what the recorder seals as it stops, then stop the worker."""
+        self._uploader.stop(drain_s=self._drain_s)
+        self._uploader.backend.close()
+
+
+def main(args=None) -> int:
+    return run_node(lambda: UploaderNode(), args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
