@@ -210,6 +210,8 @@ def test_kill_9_mid_incident_then_restart_recovers_a_playable_clip(
     assert spin_until(executor, lambda: probe.status and
                       float(values(probe.status[-1])['buffered_s']) >= 1.0 and
                       probe.cmd.get_subscription_count() > 0, 30.0), recorder.output()
+    # The probe must have seen the whole look-back (2 s) the clip will reach back into.
+    assert spin_until(executor, lambda: len(probe.seen_video) >= 3 * 30, 10.0)
     probe.cmd.publish(command('start', 'manual', time.time()))
     assert spin_until(executor, lambda: probe.states()[-1:] == ['RECORDING'], 10.0)
     incident = values(probe.status[-1])['incident_id']
