@@ -213,3 +213,15 @@ def test_page_plays_live_video_within_latency_and_shows_officer_down(unit, tmp_p
     finally:
         driver.quit()
     assert TOKEN not in unit.live.output(), 'the token must never be logged'
+
+    # The MJPEG fallback (camera/image_raw, for browsers without H.264 in MSE) serves frames.
+    req = urllib.request.Request(unit.base + '/mjpeg',
+                                 headers={'Authorization': f'Bearer {TOKEN}'})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        assert r.headers['Content-Type'].startswith('multipart/x-mixed-replace')
+        buf = b''
+        while buf.count(b'\xff\xd9') < 1:
+            buf += r.read1(65536)
+    jpeg = buf[buf.index(b'\xff\xd8'):buf.index(b'\xff\xd9') + 2]
+    frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert frame.shape == (720, 1280, 3) and decode_frame_counter(frame) >= 0
