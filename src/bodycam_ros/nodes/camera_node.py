@@ -47,7 +47,10 @@ def camera_info(width: int, height: int, hfov_deg: float = DEFAULT_HFOV_DEG) -> 
 
 
 class CameraNode(Node):
-    def __init__(self, **kw) -> None:
+    """The camera. ``capture=False`` builds it without the capture thread, so a caller (the
+    benchmark) can push frames through :meth:`process`, the exact per-frame path."""
+
+    def __init__(self, *, capture: bool = True, **kw) -> None:
         super().__init__('camera', **kw)
         p = self._declare_all()
         self._p = p
@@ -71,12 +74,17 @@ class CameraNode(Node):
         self._last_error = ''
         self._streaming_since: float | None = None
         self._window = (time.monotonic(), 0, 0.0)   # (t, encoded, encode seconds) at last report
+        raw_rate = p['raw_rate']
+        self._raw_period = 1.0 / raw_rate if raw_rate > 0 else 0.0
+        self._info_period = self._raw_period or 1.0   # camera_info at least once a second
+        self._next_raw = self._next_info = 0.0
 
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._capture_loop, name='camera-capture',
                                         daemon=True)
         self.create_timer(1.0, self._report)
-        self._thread.start()
+        if capture:
+            self._thread.start()
 
     # ------------------------------------------------------------------ parameters
 
@@ -125,10 +133,6 @@ class CameraNode(Node):
 
     def _capture_loop(self) -> None:
         opened = False
-        next_raw = 0.0
-        raw_period = 1.0 / self._p['raw_rate'] if self._p['raw_rate'] > 0 else 0.0
-        info_period = raw_period or 1.0
-        next_info = 0.0
         while not self._stop.is_set():
             if not opened:
                 try:
@@ -155,17 +159,8 @@ class CameraNode(Node):
                 self._stop.wait(self._p['retry_s'])
                 continue
             self.captured += 1
-            if not self._publish_frame(frame, t):
+            if not self.process(frame, t):
                 return
-            now = time.monotonic()
-            stamp = stamp_of(t)
-            if raw_period and now >= next_raw:
-                next_raw = max(next_raw + raw_period, now)
-                self._publish_raw(frame, stamp)
-            if now >= next_info:
-                next_info = max(next_info + info_period, now)
-                self._info.header.stamp = stamp
-                self._safe_publish(self._pub_info, self._info)
         self._source.close()
 
     def _make_encoder(self) -> bool:
@@ -183,8 +178,13 @@ class CameraNode(Node):
                 return False
         return True
 
-    def _publish_frame(self, frame: np.ndarray, t: float) -> bool:
-        """Encode and publish one frame; False when the node is going down."""
+    def process(self, frame: np.ndarray, t: float) -> bool:
+        """Encode and publish one captured frame (h264; image_raw and camera_info when due).
+
+        Returns False when the node is going down (or the encoder cannot open).
+        """
+        if self._encoder is None and not self._make_encoder():
+            return False
         assert self._encoder is not None
         try:
             t0 = time.perf_counter()
@@ -198,9 +198,20 @@ class CameraNode(Node):
             return True
         self.encoded += 1
         self.keyframes += au.is_keyframe
+        stamp = stamp_of(t)
         msg = CompressedImage(format='h264', data=au.data)
-        msg.header = Header(stamp=stamp_of(t), frame_id=self._p['frame_id'])
-        return self._safe_publish(self._pub_h264, msg)
+        msg.header = Header(stamp=stamp, frame_id=self._p['frame_id'])
+        if not self._safe_publish(self._pub_h264, msg):
+            return False
+        now = time.monotonic()
+        if self._raw_period and now >= self._next_raw:
+            self._next_raw = max(self._next_raw + self._raw_period, now)
+            self._publish_raw(frame, stamp)
+        if now >= self._next_info:
+            self._next_info = max(self._next_info + self._info_period, now)
+            self._info.header.stamp = stamp
+            self._safe_publish(self._pub_info, self._info)
+        return True
 
     def _publish_raw(self, frame: np.ndarray, stamp: Time) -> None:
         h, w = frame.shape[:2]
