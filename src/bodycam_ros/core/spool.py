@@ -58,11 +58,11 @@ class DurableFile:
 
     CHUNK = 1 << 20
 
-    def __init__(self, path: Path, write: Callable[[int, bytes], int] = os.write,
-                 fsync: Callable[[int], None] = os.fsync) -> None:
+    def __init__(self, path: Path, write: Callable[[int, bytes], int] | None = None,
+                 fsync: Callable[[int], None] | None = None) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._write, self._fsync = write, fsync
+        self._write, self._fsync = write or os.write, fsync or os.fsync
         self._pending = bytearray()
         self.error: OSError | None = None
         self.on_disk = os.fstat(self._fd).st_size
