@@ -296,16 +296,29 @@ def test_node_test_pattern_counters_are_consecutive(ctx, executor):
     assert values['source'] == 'test_pattern' and float(values['encode_ms']) > 0
 
 
-def test_file_end_without_loop_warns_and_node_lives(ctx, executor, short_clip):
+def test_source_that_appears_late_is_picked_up_then_ends_with_warn(ctx, executor, short_clip):
+    """Missing input is an ERROR retried every retry_s; once it exists the node streams it,
+    and a file without loop ends in WARN 'end of file' with the node still alive."""
+    late = short_clip.with_name('late.mp4')
     probe = Probe(ctx)
     executor.add_node(probe)
-    executor.add_node(camera(ctx, source='file', path=str(short_clip), loop=False))
-    assert spin_until(executor, lambda: probe.last_diag() and probe.last_diag()[0] == WARN,
+    executor.add_node(camera(ctx, source='file', path=str(late), loop=False, retry_s=0.2))
+    assert spin_until(executor, lambda: probe.last_diag() and probe.last_diag()[0] == ERROR,
                       timeout_s=10), probe.last_diag()
+    assert 'no such file' in probe.last_diag()[1]
+    short_clip.rename(late)   # the "camera" is plugged in
+    assert spin_until(executor, lambda: probe.last_diag()[0] == WARN, timeout_s=10), \
+        probe.last_diag()
+    levels = [s.level for s in probe.diag]
+    assert OK in levels[levels.index(ERROR):], 'streaming (OK) between missing and end'
     assert probe.last_diag()[1] == 'end of file'
-    assert int(probe.last_diag()[2]['frames_captured']) == 10
+    values = probe.last_diag()[2]
+    assert values['frames_captured'] == values['frames_encoded'] == '10'
+    assert int(values['retries']) >= 1 and 'no such file' in values['last_error']
+    assert len(probe.h264) >= 9   # the first may go out before discovery completes
+    reports = len(probe.diag)
     spin_for(executor, 1.2)   # the node is alive and keeps reporting
-    assert probe.diag[-1].message == 'end of file' and len(probe.diag) >= 2
+    assert len(probe.diag) > reports and probe.diag[-1].message == 'end of file'
 
 
 # ------------------------------------------------------------------ node as a process
@@ -337,7 +350,7 @@ def test_sigint_while_streaming_720p_exits_0(ctx, executor, start_process):
                          '--params-file', 'config/sim.yaml', '-p', 'raw_rate:=10.0')
     probe = Probe(ctx)
     executor.add_node(probe)
-    assert spin_until(executor, lambda: len(probe.h264) >= 20, timeout_s=20), proc.output()
+    assert spin_until(executor, lambda: len(probe.h264) >= 40, timeout_s=20), proc.output()
     frame = decode([bytes(m.data) for m in from_first_keyframe(probe.h264)])[0]
     assert frame.shape == (720, 1280, 3)
     decode_frame_counter(frame)
