@@ -369,3 +369,21 @@ def test_sidecar_journal_to_mcap_reads_back_with_rosbags(tmp_path: Path):
     assert [(t, ty, ts) for t, ty, ts, _ in back] == \
         [('/gps/fix', 'sensor_msgs/msg/NavSatFix', int((1000.0 + i) * 1e9)) for i in range(5)]
     assert back[2][3].latitude == pytest.approx(LAT0 + 2e-5)
+
+
+def test_a_copied_subset_verifies_but_an_emptied_spool_does_not(evidence_root: Path,
+                                                                 tmp_path: Path):
+    dirs = incidents(evidence_root)
+    court = tmp_path / 'court'
+    for d in dirs[1:]:                          # the last two, handed over without the first
+        shutil.copytree(d, court / d.name)
+    key = evidence_root / 'keys' / 'device_ed25519.pub'
+    report = ev.verify_tree(court, key)
+    assert report.ok and report.key_trusted, report.as_dict()
+    shutil.rmtree(court / dirs[1].name)
+    shutil.copytree(dirs[0], court / dirs[0].name)   # now a gap: 1 and 3
+    assert dirs[1].name in str(ev.verify_tree(court, key).bad_files)
+    for d in dirs:
+        shutil.rmtree(d)
+    report = ev.verify_tree(evidence_root)
+    assert not report.ok and 'chain_head' in ' '.join(report.chain_errors)

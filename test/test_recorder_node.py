@@ -243,3 +243,23 @@ def test_kill_9_mid_incident_then_restart_recovers_a_playable_clip(
     assert report.ok, report.as_dict()
     assert 'recovered' in restarted.output()
     assert restarted.stop() == 0
+
+
+def test_ctrl_c_mid_incident_seals_it_cleanly(ctx, executor, start_process, tmp_path: Path):
+    evidence = tmp_path / 'ev'
+    recorder = start_process('bodycam_ros.nodes.recorder_node', '--ros-args', '-p',
+                             f'evidence_dir:={evidence}', '-p', 'min_free_bytes:=0', '-p',
+                             'status_period_s:=0.2')
+    probe = Probe(context=ctx)
+    executor.add_node(probe)
+    assert spin_until(executor, lambda: probe.cmd.get_subscription_count() > 0 and
+                      probe.status, 30.0), recorder.output()
+    assert int(values(probe.status[-1])['free_bytes']) > 0
+    probe.cmd.publish(command('start', 'foot_pursuit', time.time()))
+    assert spin_until(executor, lambda: probe.states()[-1:] == ['RECORDING'], 10.0)
+    incident = values(probe.status[-1])['incident_id']
+    assert recorder.stop(signal.SIGINT) == 0
+    m = json.loads((evidence / 'spool' / incident / 'manifest.json').read_text())
+    assert m['end_reason'] == 'shutdown' and not m['recovered']
+    assert not any((evidence / 'recording').iterdir())
+    assert ev.verify_tree(evidence).ok

@@ -321,8 +321,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return bool(self.incidents) and not self.chain_errors and \
-            all(c.ok for c in self.incidents)
+        return not self.chain_errors and all(c.ok for c in self.incidents)
 
     def as_dict(self) -> dict[str, Any]:
         return {'path': str(self.path), 'ok': self.ok,
@@ -342,7 +341,11 @@ def find_layout(path: Path) -> tuple[list[Path], Path | None]:
         return [path], root
     spool = path / 'spool' if (path / 'spool').is_dir() else path
     root = spool.parent if spool.name == 'spool' else None
-    dirs = sorted(p for p in spool.iterdir() if p.is_dir() and not p.name.startswith('.'))
+    # Any directory holding an evidence file is an incident (a missing manifest is then an
+    # error); directories with none of them (a bucket's other prefixes) are not.
+    marks = (MANIFEST, SIGNATURE, 'video.mp4', 'sensors.mcap')
+    dirs = sorted(p for p in spool.iterdir() if p.is_dir() and not p.name.startswith('.')
+                  and any((p / m).exists() for m in marks))
     return dirs, root
 
 
@@ -354,14 +357,16 @@ def verify_tree(path: Path, key_path: Path | None = None) -> Report:
     public_raw = load_public_key(key_path) if key_path is not None else None
     report = Report(path.resolve(), key_path, public_raw is not None)
     report.incidents = [check_incident(d, public_raw) for d in dirs]
-    if not dirs:
+    if not dirs and root is None:
         report.chain_errors.append(f'no incidents under {path}')
         return report
     head = None
     pruned: list[dict[str, Any]] = []
-    whole = root is not None and path.resolve() != dirs[0]   # a device's spool, not one clip
+    # A device's own spool (its chain head beside it), not one clip or a copy elsewhere.
+    whole = root is not None and (root / CHAIN_HEAD).exists() and \
+        (not dirs or path.resolve() != dirs[0])
     if whole:
-        head = ChainHead.read(root / CHAIN_HEAD) if (root / CHAIN_HEAD).exists() else None
+        head = ChainHead.read(root / CHAIN_HEAD)
         if (root / PRUNED_LOG).exists():
             for line in (root / PRUNED_LOG).read_text().splitlines():
                 try:
@@ -369,7 +374,7 @@ def verify_tree(path: Path, key_path: Path | None = None) -> Report:
                 except ValueError:
                     continue
     if len(dirs) > 1 or whole:
-        _check_chain(report, head, pruned, dirs[0].parent if whole else None)
+        _check_chain(report, head, pruned, (root / 'spool') if whole and root else None)
     return report
 
 
@@ -406,7 +411,7 @@ def _check_chain(report: Report, head: ChainHead | None, pruned: list[dict[str, 
         known[seq] = (chk.manifest_sha256 or '', chk.incident_id)
     vouched: set[int] = set()      # manifests whose bytes a later link confirms
     seqs = sorted(by_seq)
-    parent = spool if spool is not None else (report.incidents[0].path.parent)
+    parent = spool if spool is not None else report.incidents[0].path.parent
     for seq in seqs:
         chk = by_seq[seq]
         prev = chk.prev_manifest_sha256
@@ -427,8 +432,8 @@ def _check_chain(report: Report, head: ChainHead | None, pruned: list[dict[str, 
             missing = parent / str(chk.prev_incident_id or f'sequence-{seq - 1}') / MANIFEST
             bad(missing, f'{chk.incident_id}: its predecessor (sequence {seq - 1}, '
                 f'{chk.prev_incident_id}) is missing and was not pruned after upload')
-    if head is not None and known:
-        top = max(known)
+    if head is not None and head.sequence > 0:
+        top = max(known, default=0)
         if head.sequence > top:
             bad(parent / head.incident_id / MANIFEST,
                 f'chain_head names sequence {head.sequence} ({head.incident_id}) but the newest '

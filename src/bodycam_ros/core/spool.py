@@ -620,8 +620,9 @@ class Recorder:
 
     def events(self) -> list[str]:
         """Lifecycle lines (opened, sealed, recovered, pruned, disk) since the last call."""
-        out = list(self._c.events)
-        self._c.events.clear()
+        out = []
+        while self._c.events:          # popleft: safe against the writer thread appending
+            out.append(self._c.events.popleft())
         return out
 
     # -- input -------------------------------------------------------------------------------

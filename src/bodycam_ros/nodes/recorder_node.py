@@ -224,7 +224,7 @@ class RecorderNode(Node):
             return WARN, 'no video on camera/h264'
         if st.buffered_s + 1.0 < self._p['pre_event_s'] and \
                 self._ring.stats().evicted_for_bytes:
-            return WARN, (f'max_buffer_bytes limits the look-back to {st.buffered_s:.0f} s')
+            return WARN, 'max_buffer_bytes limits the look-back below pre_event_s'
         return OK, ''
 
     def close(self) -> None:
