@@ -14,7 +14,6 @@ from std_msgs.msg import Bool
 from std_srvs.srv import SetBool
 
 from bodycam_ros.core.holster import DrawDetector, LevelSample
-from bodycam_ros.drivers import holster as holster_drv
 from bodycam_ros.drivers.holster import GpioHolsterLine, HolsterError, SimHolsterLine
 from bodycam_ros.nodes.holster_node import HolsterNode
 from bodycam_ros.rosutil import ERROR, LATCHED_QOS, OK, RELIABLE_QOS
@@ -253,16 +252,15 @@ def test_missing_gpio_chip_is_an_error_and_retried(ctx, executor) -> None:
     assert probe.create_client(SetBool, 'holster/set_drawn').wait_for_service(0.3) is False
 
 
-@pytest.mark.parametrize('param, match', [
-    ('source:=magnet', 'holster.source'),
-    ('debounce_s:=-1.0', 'holster.debounce_s'),
-    ('line:=-4', 'holster.line'),
-    ('scenario:=nope', 'holster.scenario'),
-])
-def test_bad_parameters_exit_2_naming_the_parameter(start_process, param, match) -> None:
-    proc = start_process('bodycam_ros.nodes.holster_node', '--ros-args', '-p', param)
-    assert proc.proc.wait(30) == 2, proc.output()
-    assert match in proc.output()
+def test_bad_parameters_exit_2_naming_the_parameter(start_process) -> None:
+    cases = [('source:=magnet', 'holster.source'), ('debounce_s:=-1.0', 'holster.debounce_s'),
+             ('line:=-4', 'holster.line'), ('scenario:=nope', 'holster.scenario'),
+             ('bias:=sideways', 'holster.bias')]
+    procs = [(start_process('bodycam_ros.nodes.holster_node', '--ros-args', '-p', param), match)
+             for param, match in cases]   # side by side: each is a Python + rclpy start-up
+    for proc, match in procs:
+        assert proc.proc.wait(60) == 2, proc.output()
+        assert match in proc.output(), proc.output()
 
 
 def test_sigint_exits_0_after_publishing(ctx, executor, start_process) -> None:
