@@ -31,9 +31,10 @@ SOURCES.md S1/S2) as the mean accel of the first and last second of each trial:
   agree with the same mapping. The same gyro check as for SisFall shows the tag's gyro x
   and z run opposite to its accel x and z (mean error over 1-3 s still-to-still windows of
   all 7 trials, chest/waist/ankle: 10.6/10.1/13.7° with x, z flipped vs. 27.5/22.6/39.7°
-  taken as is, 33.1/28.0/30.7° for no rotation; the firmware negates them), so the gyro
-  is read as diag(-1, 1, -1) in the accel's axes before the body mapping. The wrist tag (id 3) swings with the arm and the pocket phone
-  (id 0) turns up either way up between trials (y_s = -1.04 g in Walking, +0.95 g in
+  taken as is, 33.1/28.0/30.7° for no rotation; why - tag firmware or recording app - is
+  not documented), so the gyro is read as diag(-1, 1, -1) in the accel's axes before the
+  body mapping. The wrist tag (id 3) swings with the arm and the pocket phone (id 0) turns
+  up either way up between trials (y_s = -1.04 g in Walking, +0.95 g in
   Sitting), so neither has a body frame: loading them raises :class:`ImuFormatError`.
   UMAFall does not state the gyro unit; °/s it is: walking/jogging gyro std reaches
   50-150 per axis (rad/s would mean 20+ rev/s at the waist), and the MPU-9250 on the
@@ -41,6 +42,11 @@ SOURCES.md S1/S2) as the mean accel of the first and last second of each trial:
   1.25: 14.7-17.2°, 2.0: 34°).
   The mounting tilt is NOT removed: the wearer's own posture and clip vary per trial, and
   a detector must cope with a tilted body-worn camera anyway.
+
+Neither device is calibrated: still |a| is within 2 % of 1 g upright, but lying still it reads
+8.2-10.8 m/s² depending on the side (SisFall F02 tail 8.24, F01 tail 10.84; UMAFall
+forwardFall tail 8.8), i.e. per-axis gain/offset errors up to ~16 %; thresholds on |a| must
+allow for that. The gyro checks live in test/test_imu_formats.py.
 """
 from __future__ import annotations
 
