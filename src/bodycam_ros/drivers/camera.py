@@ -172,7 +172,12 @@ class DeviceSource(FrameSource):
                 self.dropped += int(round(gap)) - 1
         self._last_t = t
         if frame.shape[:2] != (self.height, self.width):
-            frame = cv2.resize(frame, (self.width, self.height), interpolation=cv2.INTER_AREA)
+            try:
+                frame = cv2.resize(frame, (self.width, self.height),
+                                   interpolation=cv2.INTER_AREA)
+            except cv2.error as exc:
+                raise CameraError(f'camera {self.device}: bad frame {frame.shape}: {exc}') \
+                    from exc
         return frame, t
 
     def close(self) -> None:

@@ -132,6 +132,17 @@ class CameraNode(Node):
     # ------------------------------------------------------------------ capture thread
 
     def _capture_loop(self) -> None:
+        try:
+            self._capture()
+        except Exception as exc:  # noqa: BLE001 - last guard of a thread: report, never vanish
+            self.get_logger().fatal(f'capture thread stopped: {exc!r}')
+            with self._lock:
+                self.errors += 1
+                self._last_error = repr(exc)
+            self._set_state(ERROR, f'capture stopped: {exc!r}')
+            raise
+
+    def _capture(self) -> None:
         opened = False
         while not self._stop.is_set():
             if not opened:
