@@ -62,7 +62,8 @@ def declare(node: Node, name: str, default: Any, description: str, *,
                 from_value=float(min_value), to_value=float(max_value), step=0.0)]
     try:
         value = node.declare_parameter(name, default, desc).value
-    except rclpy.exceptions.InvalidParameterValueException as exc:
+    except (rclpy.exceptions.InvalidParameterValueException,
+            rclpy.exceptions.InvalidParameterTypeException) as exc:
         raise ParameterError(f'parameter {node.get_name()}.{name}: {exc}; allowed '
                              f'{_allowed(min_value, max_value, choices)}') from exc
     check(node.get_name(), name, value, min_value=min_value, max_value=max_value, choices=choices)
