@@ -19,7 +19,7 @@ def share_dir() -> Path:
                                                  get_package_share_directory)
         try:
             return Path(get_package_share_directory(PACKAGE))
-        except (PackageNotFoundError, KeyError, ValueError, LookupError):
+        except (PackageNotFoundError, LookupError, ValueError, OSError):  # OSError: no AMENT_PREFIX_PATH
             pass
     except ImportError:
         pass

@@ -60,12 +60,20 @@ def declare(node: Node, name: str, default: Any, description: str, *,
         else:
             desc.floating_point_range = [FloatingPointRange(
                 from_value=float(min_value), to_value=float(max_value), step=0.0)]
+    if isinstance(default, float):
+        # YAML writes `rate: 100` as an integer; accept it for a float parameter.
+        desc.dynamic_typing = True
     try:
         value = node.declare_parameter(name, default, desc).value
     except (rclpy.exceptions.InvalidParameterValueException,
             rclpy.exceptions.InvalidParameterTypeException) as exc:
         raise ParameterError(f'parameter {node.get_name()}.{name}: {exc}; allowed '
                              f'{_allowed(min_value, max_value, choices)}') from exc
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParameterError(f'parameter {node.get_name()}.{name}={value!r} is invalid; '
+                                 'expected a number')
+        value = float(value)
     check(node.get_name(), name, value, min_value=min_value, max_value=max_value, choices=choices)
     return value
 
