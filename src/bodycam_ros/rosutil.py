@@ -18,8 +18,11 @@ from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 
-#: Sensor streams: best effort, keep last 5. Late or lost samples are replaced by newer ones.
-SENSOR_QOS = qos_profile_sensor_data
+#: Sensor streams: best effort like ``qos_profile_sensor_data``, but depth 20: the imu node
+#: publishes 200 Hz in bursts of 4 per 50 Hz tick, which depth 5 would drop under load.
+SENSOR_QOS = QoSProfile(depth=20, reliability=qos_profile_sensor_data.reliability,
+                        durability=qos_profile_sensor_data.durability,
+                        history=HistoryPolicy.KEEP_LAST)
 #: Commands, triggers, alerts: every message matters.
 RELIABLE_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE,
                           history=HistoryPolicy.KEEP_LAST)
