@@ -349,3 +349,20 @@ def test_sim_config_over_dds_and_sigint_exits_0(ctx, executor, start_process):
     assert code == 0, out
     assert 'Traceback' not in out
 
+
+
+def test_field_config_without_gpsd_is_error_and_node_stays_up(ctx, executor, start_process):
+    """config/bodycam.yaml (source gpsd) on a machine where gpsd is not running."""
+    probe = Probe(ctx)
+    executor.add_node(probe.node)
+    p = start_process('bodycam_ros.nodes.gps_node', '--ros-args', '--params-file',
+                      'config/bodycam.yaml', '-p', f'gpsd_port:={free_port()}',
+                      '-p', 'retry_s:=0.5')
+    assert spin_until(executor, lambda: any(d.level == DiagnosticStatus.ERROR
+                                            for d in probe.diags)
+                      or p.proc.poll() is not None, 20.0), p.output()
+    assert p.proc.poll() is None, p.output()
+    err = next(d for d in probe.diags if d.level == DiagnosticStatus.ERROR)
+    assert 'unreachable' in err.message and probe.last_diag()['source'] == 'gpsd'
+    code = p.stop(signal.SIGINT)
+    assert code == 0, p.log_path.read_text(errors='replace')

@@ -22,7 +22,8 @@ import threading
 import time
 
 from geometry_msgs.msg import TwistStamped
-from rclpy.exceptions import InvalidParameterTypeException
+from rclpy.exceptions import InvalidHandle, InvalidParameterTypeException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import NavSatFix, NavSatStatus
@@ -58,7 +59,7 @@ class GpsNode(Node):
         self._wake = self.create_guard_condition(self._drain)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read_loop, name='gps-reader', daemon=True)
-        self.create_timer(1.0, self._report)
+        self.create_timer(1.0, self._on_timer)
         self._thread.start()
 
     # ------------------------------------------------------------------ parameters
@@ -140,10 +141,23 @@ class GpsNode(Node):
     # ------------------------------------------------------------------ executor side
 
     def _drain(self) -> None:
-        while self._queue:
-            fix, stamp = self._queue.popleft()
-            self._publish(fix, stamp)
-        self._report()
+        try:
+            while self._queue:
+                fix, stamp = self._queue.popleft()
+                self._publish(fix, stamp)
+            self._report()
+        except (_rclpy.RCLError, InvalidHandle):
+            # SIGINT/SIGTERM shut the context down in the middle of this callback: the
+            # executor is about to stop, so a publish that fails now is not an error.
+            if self.context.ok():
+                raise
+
+    def _on_timer(self) -> None:
+        try:
+            self._report()
+        except (_rclpy.RCLError, InvalidHandle):
+            if self.context.ok():
+                raise
 
     def _publish(self, fix: Fix, stamp: Time) -> None:
         header = Header(stamp=stamp.to_msg(), frame_id=self._p['frame_id'])
