@@ -195,6 +195,15 @@ def test_bad_parameter_exits_2_naming_it(start_process, tmp_path: Path):
     assert 'pre_event_s' in p.output() and '600' in p.output()
 
 
+def test_a_second_recorder_on_the_same_evidence_is_refused(ctx, executor, start_process,
+                                                          tmp_path: Path):
+    executor.add_node(make_recorder(ctx, tmp_path))
+    p = start_process('bodycam_ros.nodes.recorder_node', '--ros-args', '-p',
+                      f'evidence_dir:={tmp_path / "ev"}')
+    assert p.proc.wait(30) == 2
+    assert 'in use by another recorder' in p.output()
+
+
 def test_kill_9_mid_incident_then_restart_recovers_a_playable_clip(
         ctx, executor, start_process, tmp_path: Path):
     evidence = tmp_path / 'ev'

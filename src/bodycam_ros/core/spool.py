@@ -169,6 +169,32 @@ class EvidenceStore:
         self._disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
         for d in (self.root, self.recording, self.spool):
             d.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = -1
+
+    def lock(self) -> None:
+        """Claim the store for this process (released when it exits, however it exits).
+
+        Two recorders on one store would each take the other's open incident for a crashed
+        one and seal it under their feet.
+
+        Raises:
+            SpoolError: another live process holds the store.
+        """
+        import fcntl
+        fd = os.open(self.root / '.recorder.lock', os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolError(f'{self.root} is in use by another recorder process') from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f'{os.getpid()}\n'.encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)   # closing the descriptor releases the flock
+            self._lock_fd = -1
 
     @property
     def chain_head_path(self) -> Path:
@@ -308,11 +334,12 @@ class IncidentWriter:
 
     def sync(self) -> None:
         t0 = time.perf_counter()
-        for f in (self._video_file, self._journal_file):
-            if f is not None and f.dirty:
-                f.sync()
-        self.sync_s += time.perf_counter() - t0
-        self.syncs += 1
+        dirty = [f for f in (self._video_file, self._journal_file) if f is not None and f.dirty]
+        for f in dirty:
+            f.sync()
+        if dirty:
+            self.sync_s += time.perf_counter() - t0
+            self.syncs += 1
         self._last_sync = time.monotonic()
 
     def close(self, end_reason: str) -> None:

@@ -27,7 +27,7 @@ from bodycam_ros.core import evidence as ev
 from bodycam_ros.core.h264 import EncoderError, is_keyframe
 from bodycam_ros.core.ring import LookbackRing, SensorRecord, VideoPacket
 from bodycam_ros.core.spool import (Command, EvidenceStore, Recorder, RecorderConfig,
-                                    RecorderStatus, State)
+                                    RecorderStatus, SpoolError, State)
 from bodycam_ros.rosutil import (ERROR, LATCHED_QOS, OK, RELIABLE_QOS, SENSOR_QOS, VIDEO_QOS,
                                  WARN, Diagnostics, ParameterError, declare, run_node, status)
 
@@ -59,9 +59,11 @@ class RecorderNode(Node):
         p = self._declare_all()
         self._p = p
         try:
-            self._store = EvidenceStore(Path(p['evidence_dir']), quota_bytes=p['max_evidence_bytes'])
+            self._store = EvidenceStore(Path(p['evidence_dir']),
+                                        quota_bytes=p['max_evidence_bytes'])
+            self._store.lock()
             key = ev.DeviceKey.load_or_create(self._store.keys)
-        except (OSError, ev.EvidenceError) as exc:
+        except (OSError, ev.EvidenceError, SpoolError) as exc:
             raise ParameterError(f'parameter {self.get_name()}.evidence_dir='
                                  f'{p["evidence_dir"]!r} is unusable: {exc}') from exc
         self._ring = LookbackRing(
@@ -232,6 +234,7 @@ class RecorderNode(Node):
         self._recorder.close()
         for line in self._recorder.events():
             self.get_logger().info(line)
+        self._store.unlock()
 
 
 def main(args=None) -> int:
