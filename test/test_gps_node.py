@@ -152,7 +152,7 @@ def test_gpsd_source_against_real_gpsd(gpsfake, collect):
     assert wait_for(lambda: c.source.retries >= 1, 5.0)
     assert c.states[0].state is SourceState.ERROR and 'unreachable' in c.states[0].message
 
-    gpsfake(port, str(log))
+    fake = gpsfake(port, str(log))
     timed = lambda: [f for f in c.fixes if f.time in truth]  # noqa: E731
     assert wait_for(lambda: len({f.time for f in timed()}) >= 12, 20.0), c.fixes
     assert c.source.status.state is SourceState.RUNNING
@@ -168,6 +168,16 @@ def test_gpsd_source_against_real_gpsd(gpsfake, collect):
     assert 6.0 <= last.lat_std_m <= 6.8 and 6.8 <= last.lon_std_m <= 7.2
     assert last.alt == pytest.approx(ref.alt, abs=0.11)   # altHAE, as NavSatFix wants
     assert c.source.stats.malformed == 0
+
+    # gpsd goes away (daemon restart, crash): ERROR, then the source reconnects by itself.
+    fake.send_signal(signal.SIGTERM)
+    fake.wait(5.0)
+    assert wait_for(lambda: c.source.status.state is SourceState.ERROR, 5.0)
+    n = len(c.fixes)
+    gpsfake(port, str(log))
+    assert wait_for(lambda: len(c.fixes) >= n + 3, 20.0)
+    assert c.source.status.state is SourceState.RUNNING
+    assert all(f.time in truth for f in c.fixes[n:] if not math.isnan(f.time))
 
 
 def test_gpsd_reports_parse_without_raising():
