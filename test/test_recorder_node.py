@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +21,7 @@ from bodycam_ros.core.sidecar import read_mcap
 from bodycam_ros.drivers.camera import TestPatternSource
 from bodycam_ros.nodes.recorder_node import RecorderNode
 from bodycam_ros.rosutil import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS, VIDEO_QOS
-from conftest import ROOT, spin_until
+from conftest import spin_until
 from test_mp4 import ffprobe_frames, frame_counters
 
 W, H, FPS, GOP = 320, 240, 30, 30

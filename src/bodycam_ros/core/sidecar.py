@@ -111,7 +111,8 @@ class GpsSummary:
         self.last = point
         b = self.bbox
         assert b is not None
-        b['min_latitude'], b['max_latitude'] = min(b['min_latitude'], lat), max(b['max_latitude'], lat)
+        b['min_latitude'] = min(b['min_latitude'], lat)
+        b['max_latitude'] = max(b['max_latitude'], lat)
         b['min_longitude'] = min(b['min_longitude'], lon)
         b['max_longitude'] = max(b['max_longitude'], lon)
         if self._prev is not None:
