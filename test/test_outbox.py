@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bodycam_ros.core.dispatch import (Assignment, DispatchError, EventPolicy, PeerAlert,
-                                       PeerAlerts, haversine_m, parse_assignment)
+                                       PeerAlerts, parse_assignment)
 from bodycam_ros.core.outbox import (Backoff, Courier, DeliveryError, Outbox, OutboxError,
                                      WebhookTransport)
 from webhook_receiver import Receiver
@@ -191,4 +191,5 @@ def test_peer_alerts_distance_radius_and_own_echo() -> None:
     assert 395 < d.distance_m < 405 and d.start_recording
     d, = peers.on_fix(38.5816 + 0.0036, -121.4944)
     assert not d.start_recording, 'only once per alert'
-    assert abs(haversine_m(0, 0, 0, 1) - 111_195) < 5
+    bad = peers.on_alert(PeerAlert('a2', 'raised', 'unit_c', '', 123.0, 0.0, 1.0))
+    assert bad.distance_m is None and not bad.start_recording, 'bad latitude never triggers'

@@ -22,27 +22,19 @@ from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from bodycam_ros.core.geodesy import GeodesyError, distance_m
 from bodycam_ros.core.tokens import TokenAuth
 
 __all__ = ['EVENT_KINDS', 'Assignment', 'CadIntake', 'DispatchError', 'EventPolicy',
-           'PeerAlert', 'PeerAlerts', 'PeerDecision', 'haversine_m', 'parse_assignment']
+           'PeerAlert', 'PeerAlerts', 'PeerDecision', 'parse_assignment']
 
 EVENT_KINDS = ('officer_down', 'weapon_drawn', 'incident_started', 'incident_sealed')
 _NS = uuid.UUID('6f0c0f5e-7f44-4d0e-9a47-b0d1ca3e6a11')   # ids of derived events
 MAX_BODY = 64 * 1024
-EARTH_RADIUS_M = 6_371_008.8
 
 
 class DispatchError(ValueError):
     """A CAD request or an alert that cannot be used; the message names the field."""
-
-
-def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """Great-circle distance in metres (spherical Earth; < 0.5 % error, fine for a radius)."""
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    a = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
 
 
 def _iso(t: float) -> str:
@@ -356,7 +348,10 @@ class PeerAlerts:
     def _decide(self, a: PeerAlert) -> PeerDecision:
         dist = None
         if self.position and a.latitude is not None and a.longitude is not None:
-            dist = haversine_m(self.position[0], self.position[1], a.latitude, a.longitude)
+            try:
+                dist = distance_m(self.position[0], self.position[1], a.latitude, a.longitude)
+            except GeodesyError:
+                dist = None   # a coordinate out of range: distance unknown, never triggers
         start = (a.state == 'raised' and dist is not None and self.radius_m > 0
                  and dist <= self.radius_m and a.alert_id not in self._started)
         if start:
