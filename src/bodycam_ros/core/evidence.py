@@ -297,6 +297,8 @@ def check_incident(directory: Path, public_raw: bytes | None) -> IncidentCheck:
         elif digest != entry.get('sha256'):
             chk.bad(name, 'SHA-256 does not match the manifest')
     for path in sorted(directory.iterdir()):
+        if path.name.startswith(f'.{UPLOAD_MARK}.'):
+            continue     # the uploader's temp file while it writes upload.json atomically
         if path.name not in files and path.name not in UNLISTED_OK:
             chk.bad(path.name, 'not listed in the manifest')
     return chk
