@@ -336,3 +336,14 @@ def test_state_snapshot_raises_the_banner_flag() -> None:
     assert snap['officer_down'] and snap['alert']['officer_id'] == 'off-7'
     state.update(alert=Alert('a1', 'cancelled', 'off-7', 'u', 38.5, -121.5, time.time()))
     assert not state.snapshot()['officer_down']
+
+
+@pytest.mark.parametrize('args, needle', [
+    (['-p', 'port:=70000'], 'port'),
+    (['-p', 'tls_cert:=/nonexistent.pem'], 'tls_key'),
+    (['-p', 'token_file:=/nonexistent-token'], 'token_file'),
+])
+def test_live_view_bad_parameters_exit_2(start_process, args, needle) -> None:
+    p = start_process('bodycam_ros.nodes.live_view_node', '--ros-args', *args)
+    assert p.proc.wait(30) == 2, p.output()
+    assert needle in p.output()
