@@ -93,7 +93,8 @@ class NodeProcess:
                                      env={**os.environ, **(env or {})}, cwd=ROOT)
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors='replace')
 
     def stop(self, sig: int = 2, timeout_s: float = 15.0) -> int:

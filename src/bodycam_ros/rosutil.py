@@ -5,7 +5,6 @@ Kept small on purpose: nodes stay thin and readable (see STYLE.md), and the pure
 """
 from __future__ import annotations
 
-import signal
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -116,7 +115,7 @@ def status(name: str, level: int, message: str, hardware_id: str = '',
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
-        return f'{v:.6g}'
+        return f'{v:.15g}'  # UNIX times need all their digits
     return str(v)
 
 
@@ -159,9 +158,10 @@ def run_node(factory: Callable[..., Node], args: list[str] | None = None, *,
     A :class:`ParameterError` from the factory is printed and returns exit code 2, so a bad
     value in a params file fails with a clear message instead of a traceback.
     """
+    # rclpy's own handlers (SignalHandlerOptions.ALL) turn SIGINT and SIGTERM (launch,
+    # systemd, bringup) into a context shutdown, and spin() ends with
+    # ExternalShutdownException: both stop as cleanly as Ctrl-C.
     rclpy.init(args=args)
-    # SIGTERM (launch, systemd, bringup) shuts down as cleanly as Ctrl-C.
-    signal.signal(signal.SIGTERM, lambda *_: rclpy.try_shutdown())
     node = None
     try:
         node = factory()
