@@ -30,14 +30,13 @@ class RateMeter:
         self._stamps.append(time.monotonic() if now is None else now)
 
     def rate(self, now: float | None = None) -> float:
+        """Mean rate between the messages still in the window (0 once a stream stops)."""
         now = time.monotonic() if now is None else now
         while self._stamps and now - self._stamps[0] > self._window_s:
             self._stamps.popleft()
         if len(self._stamps) < 2:
             return 0.0
-        span = max(now - self._stamps[0], 1e-6)
-        return (len(self._stamps) - 1) / span if span < self._window_s else \
-            len(self._stamps) / self._window_s
+        return (len(self._stamps) - 1) / max(self._stamps[-1] - self._stamps[0], 1e-6)
 
 
 class Monitor(Node):

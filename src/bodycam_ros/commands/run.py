@@ -94,13 +94,13 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if tty:
             print()
+        print('bodycam: final ' + monitor.status_line(), flush=True)
         print('bodycam: stopping', flush=True)
         codes = sup.stop()
         bad = {n: c for n, c in codes.items() if c not in (0, None, -2, 130)}
         if bad:
             print('bodycam: unclean exits: ' + ', '.join(f'{n}={c}' for n, c in bad.items()))
             code = 1
-        print('bodycam: final ' + monitor.status_line(), flush=True)
         monitor.destroy_node()
         rclpy.try_shutdown()
     return code
