@@ -114,6 +114,39 @@ def _noise(t: float, k: int) -> float:
     return 2.0 * (x - math.floor(x)) - 1.0
 
 
+def _value_noise(t: float, rate_hz: float, k: int) -> float:
+    """Smooth pseudo-random signal in [-1, 1]: random knots every 1/rate_hz, eased between.
+    Aperiodic by construction, unlike a sum of sines (which a gait detector would call a
+    cadence)."""
+    x = t * rate_hz
+    i = math.floor(x)
+    f = x - i
+    f = f * f * (3.0 - 2.0 * f)
+    a, b = _noise(float(i), k), _noise(float(i + 1), k)
+    return a + (b - a) * f
+
+
+def _struggle(t: float) -> ImuSample:
+    """Grappling: the torso twists and bends by up to ~50° a second or so apart, while
+    shoves, blows and pulls shake it by 1-3 g at irregular moments (no cadence).
+
+    Tuned so the real-data detector parameters see it as a struggle (std |a| > 0.45 g,
+    jerk > 4 g/s, periodicity < 0.4, gravity moving > 30° per 2.5 s) and not as running.
+    """
+    pitch = math.radians(55.0) * _value_noise(t, 1.4, 20)
+    roll = math.radians(40.0) * _value_noise(t, 1.1, 21)
+    up = (math.sin(pitch), -math.sin(roll) * math.cos(pitch), math.cos(pitch) * math.cos(roll))
+    # Bursts: a slow envelope gates fast pushes, so the shaking comes and goes.
+    # Blows and shoves are broadband: a white part (every sample its own) plus a 6 Hz
+    # push-pull, gated by a slow envelope so the shaking comes and goes.
+    env = 0.5 + 0.5 * _value_noise(t, 2.3, 22)
+    lin = [G * (1.0 + 1.2 * env) * (0.7 * _noise(t, 23 + k) + 0.5 * _value_noise(t, 6.3, 26 + k))
+           for k in range(3)]
+    accel = (G * up[0] + lin[0], G * up[1] + lin[1], G * up[2] + lin[2])
+    gyro = tuple(3.0 * _value_noise(t, 4.0, 30 + k) for k in range(3))
+    return ImuSample(accel, gyro)  # type: ignore[arg-type]
+
+
 def synth_imu(activity: Activity, since_s: float, t: float) -> ImuSample:
     """Synthesise one IMU sample for ``activity``, ``since_s`` after it began."""
     n = [_noise(t, k) for k in range(6)]
@@ -131,9 +164,7 @@ def synth_imu(activity: Activity, since_s: float, t: float) -> ImuSample:
         gyro = (0.3 * math.sin(phase / 2), 0.4 * math.sin(phase), 0.2 * math.sin(phase / 2))
         return ImuSample((ax, ay, az), gyro)
     if activity is Activity.FIGHTING:
-        # Grappling: large, irregular accelerations and rotations on every axis.
-        return ImuSample((14.0 * n[0], 14.0 * n[1], G + 12.0 * n[2]),
-                         (4.0 * n[3], 4.0 * n[4], 4.0 * n[5]))
+        return _struggle(t)
     if activity is Activity.FALLING:
         if since_s < 0.15:                       # free fall
             return ImuSample((0.5 * n[0], 0.5 * n[1], 1.0 + 0.5 * n[2]), (2.0, 0.5, 0.2))
@@ -147,6 +178,12 @@ def synth_imu(activity: Activity, since_s: float, t: float) -> ImuSample:
 #: Somewhere to start: Sacramento, CA.
 _ORIGIN = (38.5816, -121.4944, 9.0)
 
+#: The README's demo (``bodycam run --scenario patrol``): every trigger fires, in this order.
+#: Dispatch at 5 s to a point 2 km north; the drive at 20 m/s crosses the one-mile line at
+#: ~24.5 s (dispatch_proximity); out of the car at 85 s; foot pursuit 100-120 s
+#: (foot_pursuit, ~4 s in); weapon drawn at 124 s (holster); struggle 126-138 s (fight, ~5 s
+#: in); knocked down at 138 s and lying still (officer_down after ``down_hold_s``, then the
+#: alert after ``dismiss_s``: 148.5 s and 168.5 s with the defaults).
 PATROL = Scenario(
     name='patrol',
     origin=_ORIGIN,
@@ -154,17 +191,17 @@ PATROL = Scenario(
         Segment(0.0, Activity.STILL),                      # parked, on patrol
         Segment(5.0, Activity.DRIVING, speed_mps=20.0),    # dispatched: drive north
         Segment(85.0, Activity.WALKING, speed_mps=1.4),    # out of the car
-        Segment(92.0, Activity.RUNNING, speed_mps=4.5),    # foot pursuit
-        Segment(122.0, Activity.STILL),                    # suspect stops; weapon drawn
-        Segment(130.0, Activity.FIGHTING, speed_mps=0.5),  # struggle
-        Segment(145.0, Activity.FALLING),                  # officer knocked down
-        Segment(145.5, Activity.LYING),
+        Segment(100.0, Activity.RUNNING, speed_mps=4.5),   # foot pursuit
+        Segment(120.0, Activity.STILL),                    # suspect stops; weapon drawn
+        Segment(126.0, Activity.FIGHTING, speed_mps=0.5),  # struggle
+        Segment(138.0, Activity.FALLING),                  # officer knocked down
+        Segment(138.5, Activity.LYING),
     ),
     dispatch_at_s=5.0,
     destination=offset(_ORIGIN[0], _ORIGIN[1], 2000.0, 0.0),
     draw_at_s=124.0,
     holster_at_s=None,
-    duration_s=210.0,
+    duration_s=200.0,
 )
 
 #: A quiet shift: parked then walking a beat; nothing should trigger.
