@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from rclpy.exceptions import InvalidHandle, InvalidParameterTypeException
+from rclpy.exceptions import InvalidHandle
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -90,10 +90,7 @@ class CameraNode(Node):
 
     def _declare_all(self) -> dict:
         def d(name, default, description, **kw):
-            try:
-                return declare(self, name, default, description, **kw)
-            except InvalidParameterTypeException as exc:
-                raise ParameterError(f'parameter {self.get_name()}.{name}: {exc}') from exc
+            return declare(self, name, default, description, **kw)
 
         p = {
             'source': d('source', 'test_pattern', 'frame source: device (V4L2), file, '

@@ -22,7 +22,7 @@ import threading
 import time
 
 from geometry_msgs.msg import TwistStamped
-from rclpy.exceptions import InvalidHandle, InvalidParameterTypeException
+from rclpy.exceptions import InvalidHandle
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.node import Node
 from rclpy.time import Time
@@ -66,10 +66,7 @@ class GpsNode(Node):
 
     def _declare_all(self) -> dict:
         def d(name, default, description, **kw):
-            try:
-                return declare(self, name, default, description, **kw)
-            except InvalidParameterTypeException as exc:
-                raise ParameterError(f'parameter {self.get_name()}.{name}: {exc}') from exc
+            return declare(self, name, default, description, **kw)
 
         return {
             'source': d('source', 'gpsd', 'where fixes come from: serial (NMEA receiver), '

@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 import time
 
-from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.node import Node
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool
@@ -53,10 +52,7 @@ class HolsterNode(Node):
 
     def _declare_all(self) -> dict:
         def d(name, default, description, **kw):
-            try:
-                return declare(self, name, default, description, **kw)
-            except InvalidParameterTypeException as exc:
-                raise ParameterError(f'parameter {self.get_name()}.{name}: {exc}') from exc
+            return declare(self, name, default, description, **kw)
 
         p = {
             'source': d('source', 'sim', 'holster line: gpio (libgpiod) or sim (scenario)',

@@ -14,7 +14,6 @@ import sys
 import time
 
 from builtin_interfaces.msg import Time
-from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.node import Node
 from sensor_msgs.msg import Imu
 
@@ -75,10 +74,7 @@ class ImuNode(Node):
 
     def _declare_all(self) -> dict:
         def d(name, default, description, **kw):
-            try:
-                return declare(self, name, default, description, **kw)
-            except InvalidParameterTypeException as exc:
-                raise ParameterError(f'parameter {self.get_name()}.{name}: {exc}') from exc
+            return declare(self, name, default, description, **kw)
 
         p = {
             'source': d('source', 'sim', 'sample source: sim (scenario), recording (file '
