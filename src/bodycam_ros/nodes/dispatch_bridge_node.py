@@ -1,61 +1,174 @@
-"""dispatch_bridge node: the link between the unit and dispatch (CAD).
+"""dispatch_bridge node: the link between the unit and dispatch (CAD), and between units.
 
-Publishes ``dispatch/destination`` (sensor_msgs/NavSatFix, LATCHED_QOS: a late joiner gets
-the current dispatch; status NO_FIX = no dispatch / dispatch cleared). Sources:
+In: ``dispatch/destination`` (sensor_msgs/NavSatFix, LATCHED_QOS: a late joiner gets the
+current dispatch; status NO_FIX = no dispatch / dispatch cleared) from ``source``:
 
 * ``sim``: the shared scenario's ``dispatch_at(t)`` (``scenario``, ``scenario_start``).
+* ``http``: CAD POSTs assignments to an authenticated endpoint (``cad_bind:cad_port``,
+  ``POST``/``DELETE /dispatch`` with a bearer token; :class:`core.dispatch.CadIntake`).
 * ``none``: publishes nothing (a unit without a dispatch link).
 
-Minimal on purpose: the CAD intake (HTTP/MQTT) and the alert outbox extend this node.
+Out: officer-down alerts, and by ``forward_events`` weapon-drawn and incident started/sealed,
+to dispatch through a durable on-disk outbox delivered in order to ``dispatch_webhook`` with
+an ``Idempotency-Key`` (see :mod:`bodycam_ros.core.outbox`).
+Units: this unit's own officer-down alert is republished on the shared absolute topic
+``/bodycam/peer_alerts``; another unit's alert there becomes ``bodycam/peer_alert`` here with
+the distance to it, and a ``recorder/command`` start (reason ``peer_alert``) when within
+``peer_trigger_radius_m``.
 """
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import time
+import uuid
+from pathlib import Path
 
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
 from sensor_msgs.msg import NavSatFix, NavSatStatus
 
-from bodycam_ros.core import scenario as scenario_mod
-from bodycam_ros.rosutil import LATCHED_QOS, OK, Diagnostics, ParameterError, declare, run_node
+from bodycam_ros.core import scenario as scen
+from bodycam_ros.core.dispatch import (EVENT_KINDS, Assignment, CadIntake, DispatchError,
+                                       EventPolicy, PeerAlert, PeerAlerts, PeerDecision)
+from bodycam_ros.core.outbox import (Backoff, Courier, Event, Outbox, OutboxError,
+                                     WebhookTransport)
+from bodycam_ros.core.tokens import TokenAuth, TokenError, load_token
+from bodycam_ros.rosutil import (ERROR, LATCHED_QOS, OK, RELIABLE_QOS, SENSOR_QOS, WARN,
+                                 Diagnostics, ParameterError, declare, run_node, status)
 
-SOURCES = ('sim', 'none')
+PEER_TOPIC = '/bodycam/peer_alerts'
+SOURCES = ('sim', 'http', 'none')
+
+
+def _values(st: DiagnosticStatus) -> dict[str, str]:
+    return {kv.key: kv.value for kv in st.values}
+
+
+def _exact(v: object) -> str:
+    """A float as a string without loss (rosutil.status keeps only 6 significant digits:
+    a UNIX time or a longitude would be off by minutes or tens of metres)."""
+    return repr(float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else \
+        str(v if v is not None else '')
+
+
+def _level(st: DiagnosticStatus) -> int:
+    return st.level[0] if isinstance(st.level, (bytes, bytearray)) else int(st.level)
 
 
 class DispatchBridgeNode(Node):
-    """Thin wrapper: poll the dispatch source, publish changes latched, report."""
-
     def __init__(self, **kw) -> None:
         super().__init__('dispatch_bridge', **kw)
+        ns = self.get_namespace().strip('/')
         self._source = declare(self, 'source', 'none', 'where dispatches come from: sim '
-                               '(scenario) or none', choices=SOURCES)
-        name = declare(self, 'scenario', '', f'sim scenario ({", ".join(scenario_mod.SCENARIOS)})'
+                               '(scenario), http (CAD POSTs) or none', choices=SOURCES)
+        name = declare(self, 'scenario', '', f'sim scenario ({", ".join(scen.SCENARIOS)})'
                        "; '' = idle")
         start = declare(self, 'scenario_start', 0.0, 'scenario epoch [UNIX s]; 0 = node start',
                         min_value=0.0, max_value=1e12)
+        cad_bind = declare(self, 'cad_bind', '127.0.0.1', 'CAD intake address (source=http)')
+        cad_port = declare(self, 'cad_port', 8081, 'CAD intake TCP port (0 = any free)',
+                           min_value=0, max_value=65535)
+        cad_token_file = declare(self, 'cad_token_file', '',
+                                 'CAD bearer token file (else $BODYCAM_CAD_TOKEN, else '
+                                 '<ROS_HOME>/bodycam/cad_token, created)')
+        webhook = declare(self, 'dispatch_webhook', '',
+                          'HTTPS URL that receives dispatch events ("" = keep them queued)')
+        webhook_token_file = declare(self, 'webhook_token_file', '',
+                                     'bearer token for the webhook (else '
+                                     '$BODYCAM_DISPATCH_TOKEN, else none)')
+        webhook_ca = declare(self, 'webhook_ca_file', '', 'CA bundle for the webhook (PEM)')
+        timeout_s = declare(self, 'webhook_timeout_s', 5.0, 'per-attempt timeout [s]',
+                            min_value=0.1, max_value=120.0)
+        retry_base = declare(self, 'retry_base_s', 0.25, 'first retry delay [s]',
+                             min_value=0.01, max_value=60.0)
+        retry_max = declare(self, 'retry_max_s', 10.0, 'longest retry delay [s]',
+                            min_value=0.1, max_value=600.0)
+        evidence_dir = declare(self, 'evidence_dir', 'var/evidence',
+                               'evidence root; the outbox defaults to <evidence_dir>/dispatch')
+        outbox_dir = declare(self, 'outbox_dir', '', 'durable outbox directory')
+        forward = list(declare(self, 'forward_events', list(EVENT_KINDS),
+                               'events sent to dispatch (officer_down is always sent)'))
+        self._unit = declare(self, 'unit_id', '', 'this unit (default: namespace, else host)') \
+            or ns or socket.gethostname()
+        officer = declare(self, 'officer_id', '', 'officer wearing this unit')
+        radius = declare(self, 'peer_trigger_radius_m', 0.0,
+                         "start recording when another unit's officer is down this close "
+                         '[m] (0 = never)', min_value=0.0, max_value=1e6)
         try:
-            self._scenario = scenario_mod.get(name or 'idle')
+            self._policy = EventPolicy(self._unit, officer, forward)
+        except DispatchError as exc:
+            raise ParameterError(f'parameter dispatch_bridge.forward_events: {exc}') from exc
+        self._peers = PeerAlerts(self._unit, radius)
+
+        # -- out: durable outbox + courier (no link configured: nothing is stored, so a
+        # webhook added weeks later is not sent stale alerts)
+        self._outbox: Outbox | None = None
+        self._courier: Courier | None = None
+        if webhook:
+            box_dir = Path(outbox_dir or Path(evidence_dir) / 'dispatch' / 'outbox')
+            try:
+                self._outbox = Outbox(box_dir)
+            except OutboxError as exc:
+                raise ParameterError(f'parameter dispatch_bridge.outbox_dir: {exc}') from exc
+            try:
+                token = load_token(webhook_token_file, env_var='BODYCAM_DISPATCH_TOKEN',
+                                   create=False, default_name='dispatch_token') \
+                    if webhook_token_file or os.environ.get('BODYCAM_DISPATCH_TOKEN') else ''
+                transport = WebhookTransport(webhook, token=token, timeout_s=timeout_s,
+                                             ca_file=webhook_ca)
+                backoff = Backoff(retry_base, max(retry_base, retry_max))
+            except (ValueError, TokenError) as exc:
+                raise ParameterError(f'parameter dispatch_bridge.dispatch_webhook: {exc}') \
+                    from exc
+            self._courier = Courier(self._outbox, transport, backoff, self._on_delivered)
+            self._courier.start()
+        self._latency: list[float] = []
+
+        # -- in: dispatch assignments
+        self._dest_pub = self.create_publisher(NavSatFix, 'dispatch/destination', LATCHED_QOS)
+        self._cad: CadIntake | None = None
+        self._current: tuple[float, float] | None = None
+        self._published = 0
+        if self._source == 'http':
+            try:
+                auth = TokenAuth(load_token(cad_token_file, env_var='BODYCAM_CAD_TOKEN',
+                                            default_name='cad_token'))
+                self._cad = CadIntake(auth, self._on_assignment, bind=cad_bind, port=cad_port,
+                                      log=self.get_logger().debug)
+            except (TokenError, DispatchError) as exc:
+                raise ParameterError(f'parameters dispatch_bridge.cad_*: {exc}') from exc
+            self._cad.start()
+            self.get_logger().info(f'CAD intake on http://{cad_bind}:{self._cad.port}/dispatch')
+        try:
+            self._scenario = scen.get(name or 'idle')
         except ValueError as exc:
             raise ParameterError(f'parameter {self.get_name()}.scenario={name!r}: {exc}') from exc
         self._start = start or time.time()
-        self._current: tuple[float, float] | None = None
-        self._published = 0
-        self._pub = self.create_publisher(NavSatFix, 'dispatch/destination', LATCHED_QOS)
-        self._diag = Diagnostics(self, hardware_id=f'dispatch:{self._source}')
         if self._source == 'sim':
-            self._publish(None)   # no dispatch yet: NO_FIX, so subscribers know the state
+            self._publish_destination(None)   # no dispatch yet: NO_FIX, so subscribers know
             self.create_timer(0.2, self._poll_sim)
-        self._report()
 
-    def _poll_sim(self) -> None:
-        dest = self._scenario.dispatch_at(time.time() - self._start)
-        if dest != self._current:
-            self._current = dest
-            self._publish(dest)
-            self.get_logger().info(f'dispatch: {dest}' if dest else 'dispatch cleared')
-            self._report()
+        # -- units
+        self._peer_out = self.create_publisher(DiagnosticStatus, PEER_TOPIC, LATCHED_QOS)
+        self._peer_local = self.create_publisher(DiagnosticStatus, 'bodycam/peer_alert',
+                                                 LATCHED_QOS)
+        self._rec_cmd = self.create_publisher(DiagnosticStatus, 'recorder/command', RELIABLE_QOS)
+        self.create_subscription(DiagnosticStatus, PEER_TOPIC, self._on_peer, LATCHED_QOS)
+        self.create_subscription(DiagnosticStatus, 'bodycam/alerts', self._on_alert, LATCHED_QOS)
+        self.create_subscription(DiagnosticArray, 'bodycam/triggers', self._on_triggers,
+                                 RELIABLE_QOS)
+        self.create_subscription(DiagnosticStatus, 'recorder/status', self._on_recorder,
+                                 SENSOR_QOS)
+        self.create_subscription(NavSatFix, 'gps/fix', self._on_fix, SENSOR_QOS)
+        self._bad = 0
+        self._last_error = ''
+        self.diag = Diagnostics(self, hardware_id=f'dispatch:{self._source}')
+        self.create_timer(1.0, self._report)
 
-    def _publish(self, dest: tuple[float, float] | None) -> None:
+    # ------------------------------------------------------------------ dispatch in
+    def _publish_destination(self, dest: tuple[float, float] | None) -> None:
         msg = NavSatFix()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.header.frame_id = 'map'
@@ -67,15 +180,146 @@ class DispatchBridgeNode(Node):
             msg.status.status = NavSatStatus.STATUS_FIX
             msg.latitude, msg.longitude = dest
             msg.altitude = float('nan')
-        self._pub.publish(msg)
+        self._current = dest
+        self._dest_pub.publish(msg)
         self._published += 1
+
+    def _poll_sim(self) -> None:
+        dest = self._scenario.dispatch_at(time.time() - self._start)
+        if dest != self._current:
+            self._publish_destination(dest)
+            self.get_logger().info(f'dispatch: {dest}' if dest else 'dispatch cleared')
+
+    def _on_assignment(self, a: Assignment) -> None:   # CAD request thread
+        dest = None if a.clear else (a.latitude, a.longitude)
+        self.get_logger().info(f'CAD assignment {a.assignment_id}: '
+                               + (f'{dest[0]:.6f}, {dest[1]:.6f}' if dest else 'cleared'))
+        self._publish_destination(dest)
+
+    # ------------------------------------------------------------------ events out
+    def _enqueue(self, outgoing) -> None:
+        for o in outgoing:
+            if self._outbox is None:
+                self.get_logger().info(f'dispatch event {o.kind} {o.body.get("state", "")} '
+                                       '(no dispatch_webhook: not sent)')
+                continue
+            try:
+                ev = self._outbox.put(o.event_id, o.kind, o.body)
+            except OutboxError as exc:
+                self._last_error = str(exc)
+                self.get_logger().error(f'dispatch event {o.kind} NOT stored: {exc}',
+                                        throttle_duration_sec=5.0)
+                continue
+            if ev is not None:
+                self.get_logger().info(f'dispatch event #{ev.seq} {ev.kind} '
+                                       f'{o.body.get("state", "")} queued')
+
+    def _on_delivered(self, ev: Event, t: float) -> None:   # courier thread
+        raised = ev.body.get('time')
+        if ev.kind == 'officer_down' and raised:
+            self._latency.append(t - float(raised))
+        self.get_logger().info(f'dispatch event #{ev.seq} {ev.kind} delivered')
+
+    def _on_alert(self, msg: DiagnosticStatus) -> None:
+        if not msg.name.endswith('officer_down'):
+            return
+        values = _values(msg)
+        try:
+            out = self._policy.on_alert(values)
+        except DispatchError as exc:
+            return self._skip(exc)
+        self._enqueue(out)
+        # Share with other units, with our unit id and best position.
+        body = out[0].body
+        pos = body.get('position') or {}
+        self._peers.own_alert_ids.add(values['alert_id'])
+        shared = dict(values, unit_id=body['unit_id'], officer_id=body['officer_id'],
+                      latitude=_exact(pos.get('latitude')),
+                      longitude=_exact(pos.get('longitude')), stamp=_exact(body['time']),
+                      incident_id=body.get('incident_id', ''))
+        self._peer_out.publish(status('alert/officer_down', _level(msg), msg.message,
+                                      **shared))
+
+    def _on_triggers(self, msg: DiagnosticArray) -> None:
+        self._enqueue(self._policy.on_triggers(
+            (st.name.rsplit('/', 1)[-1], _level(st), st.message) for st in msg.status))
+
+    def _on_recorder(self, msg: DiagnosticStatus) -> None:
+        v = _values(msg)
+        self._enqueue(self._policy.on_recorder(msg.message, v.get('incident_id', ''),
+                                               v.get('last_sealed', '')))
+
+    def _on_fix(self, msg: NavSatFix) -> None:
+        if msg.status.status < NavSatStatus.STATUS_FIX or msg.latitude != msg.latitude:
+            return
+        self._policy.position = (msg.latitude, msg.longitude)
+        for d in self._peers.on_fix(msg.latitude, msg.longitude):
+            self._act(d)
+
+    # ------------------------------------------------------------------ other units
+    def _on_peer(self, msg: DiagnosticStatus) -> None:
+        try:
+            a = PeerAlert.from_values(_values(msg))
+        except DispatchError as exc:
+            return self._skip(exc)
+        d = self._peers.on_alert(a)
+        if d is not None:
+            self._act(d)
+
+    def _act(self, d: PeerDecision) -> None:
+        a = d.alert
+        self._peer_local.publish(status(
+            'alert/peer_officer_down', ERROR if a.state == 'raised' else OK,
+            f'officer down: {a.unit_id}' + (f', {d.distance_m:.0f} m away'
+                                            if d.distance_m is not None else ''),
+            alert_id=a.alert_id, state=a.state, unit_id=a.unit_id, officer_id=a.officer_id,
+            latitude=_exact(a.latitude), longitude=_exact(a.longitude), stamp=_exact(a.stamp),
+            incident_id=a.incident_id,
+            distance_m='' if d.distance_m is None else f'{d.distance_m:.1f}'))
+        if d.start_recording:
+            self.get_logger().warning(f'{a.unit_id} officer down {d.distance_m:.0f} m away: '
+                                      'starting recording')
+            self._rec_cmd.publish(status('start', OK, f'peer alert from {a.unit_id}',
+                                         reason='peer_alert', trigger_time=_exact(time.time()),
+                                         command_id=str(uuid.uuid4()),
+                                         peer_unit=a.unit_id, alert_id=a.alert_id))
+
+    # ------------------------------------------------------------------ health
+    def _skip(self, exc: Exception) -> None:
+        self._bad += 1
+        self._last_error = str(exc)
+        self.get_logger().warning(f'ignored bad input ({self._bad} so far): {exc}',
+                                  throttle_duration_sec=10.0)
 
     def _report(self) -> None:
         dest = self._current
-        self._diag.set(OK, f'dispatched to {dest[0]:.6f}, {dest[1]:.6f}' if dest else
-                       ('no dispatch' if self._source == 'sim' else 'no dispatch source'),
-                       source=self._source, scenario=self._scenario.name,
-                       published=self._published)
+        values = dict(unit_id=self._unit, source=self._source, scenario=self._scenario.name,
+                      published=self._published, bad_inputs=self._bad,
+                      destination=f'{dest[0]:.6f}, {dest[1]:.6f}' if dest else '')
+        if self._cad is not None:
+            values.update(cad_port=self._cad.port, cad_accepted=self._cad.accepted,
+                          cad_rejected=self._cad.rejected)
+        if self._latency:
+            values['last_alert_latency_s'] = round(self._latency[-1], 3)
+        if self._courier is None:
+            level, message = OK, 'no dispatch_webhook configured: events are not sent'
+        else:
+            s = self._courier.stats()
+            values.update(webhook=s.transport, pending=s.pending, delivered=s.delivered,
+                          attempts=s.attempts, oldest_pending_s=round(s.oldest_age_s, 1),
+                          last_error=s.last_error or self._last_error)
+            if s.failures_in_row:
+                level, message = WARN, (f'dispatch unreachable: {s.pending} pending, oldest '
+                                        f'{s.oldest_age_s:.0f} s ({s.last_error})')
+            else:
+                level, message = OK, f'dispatch reachable, {s.pending} pending'
+        self.diag.set(level, message, **values)
+
+    def close(self) -> None:
+        if self._courier is not None:
+            self._courier.stop()
+        if self._cad is not None:
+            self._cad.close()
 
 
 def main(args=None) -> int:

@@ -83,7 +83,8 @@ class LiveViewNode(Node):
         session_ttl_s = declare(self, 'session_ttl_s', 43200.0,
                                 'how long a page session cookie stays valid [s]',
                                 min_value=60.0, max_value=7 * 86400.0)
-        unit = declare(self, 'unit_id', '', "this unit's id shown on the page (default: namespace)")
+        unit = declare(self, 'unit_id', '',
+                       "this unit's id shown on the page (default: namespace)")
         if bool(tls_cert) != bool(tls_key):
             raise ParameterError('parameters live_view.tls_cert and live_view.tls_key must be '
                                  'set together (both PEM files) or both empty')
@@ -155,8 +156,9 @@ class LiveViewNode(Node):
     # ------------------------------------------------------------------ state
     def _on_triggers(self, msg: DiagnosticArray) -> None:
         for st in msg.status:
+            lvl = level_of(st)
             self.state.set_trigger(TriggerState(st.name.rsplit('/', 1)[-1],
-                                                LEVELS.get(level_of(st), str(level_of(st))), st.message))
+                                                LEVELS.get(lvl, str(lvl)), st.message))
 
     def _on_alert(self, msg: DiagnosticStatus) -> None:
         self.state.update(alert=alert_from_status(msg))
