@@ -34,11 +34,13 @@ from bodycam_ros.core.detectors import (ONE_MILE_M, DispatchProximity, DownEvent
                                         OfficerDownParams, Source, TriggerState, WeaponDrawn)
 from bodycam_ros.core.detectors.base import DetectorError
 from bodycam_ros.core.detectors.dispatch_proximity import horizontal_accuracy_m
-from bodycam_ros.core.fusion import Fusion, FusionError, Health, RecorderCommand
+from bodycam_ros.core.fusion import Fusion, FusionError, Health, Level, RecorderCommand
 from bodycam_ros.rosutil import (ERROR, LATCHED_QOS, OK, RELIABLE_QOS, SENSOR_QOS, WARN,
                                  Diagnostics, ParameterError, declare, run_node, status)
 
 IMU_SOURCES = (Source.FIGHT, Source.FOOT_PURSUIT, Source.OFFICER_DOWN)
+#: Commands kept while no recorder has subscribed yet (only at start-up).
+MAX_HELD_COMMANDS = 50
 #: |a| below this for a whole second is not a worn sensor (free fall lasts < 0.5 s): a fault.
 DEAD_ACCEL_MPS2 = 2.0
 
@@ -79,6 +81,7 @@ class TriggerFusionNode(Node):
         self._last_triggers_pub = 0.0
         self.bad_msgs = 0
         self.commands_sent = 0
+        self._held: list[DiagnosticStatus] = []
 
         self._pub_triggers = self.create_publisher(DiagnosticArray, 'bodycam/triggers',
                                                    RELIABLE_QOS)
@@ -258,6 +261,7 @@ class TriggerFusionNode(Node):
 
     def _tick(self) -> None:
         now = time.time()
+        self._flush_held()
         self._weapon.tick(now)
         if self._last_imu is not None and now - self._last_imu > self._p['imu_stale_s']:
             # The IMU went quiet: timers still run out (dismiss window, clear times).
@@ -277,9 +281,24 @@ class TriggerFusionNode(Node):
     def _send(self, cmd: RecorderCommand) -> None:
         msg = status(cmd.kind.value, OK, cmd.message, 'trigger_fusion', reason=cmd.reason,
                      trigger_time=repr(cmd.trigger_time), command_id=cmd.command_id)
+        self.get_logger().info(f'recorder {cmd.kind.value}: {cmd.reason} ({cmd.message})')
+        if self._pub_cmd.get_subscription_count() == 0 or self._held:
+            # Nobody listening yet (graph still starting): a volatile topic would drop it.
+            # Hold it (trigger_time says when the trigger began) and send once one matches.
+            self._held.append(msg)
+            del self._held[:-MAX_HELD_COMMANDS]
+            return
         self._pub_cmd.publish(msg)
         self.commands_sent += 1
-        self.get_logger().info(f'recorder {cmd.kind.value}: {cmd.reason} ({cmd.message})')
+
+    def _flush_held(self) -> None:
+        if self._held and self._pub_cmd.get_subscription_count() > 0:
+            for msg in self._held:
+                self._pub_cmd.publish(msg)
+                self.commands_sent += 1
+            self.get_logger().info(f'sent {len(self._held)} command(s) held until the '
+                                   'recorder subscribed')
+            self._held.clear()
 
     def _health(self, now: float) -> dict[Source, Health]:
         imu_stale = self._last_imu is None or now - self._last_imu > self._p['imu_stale_s']
@@ -297,13 +316,13 @@ class TriggerFusionNode(Node):
         if not force and levels == self._published_levels:
             return
         arr = DiagnosticArray(status=[
-            status(f'trigger/{s.source.value}', int(s.level), s.message, 'trigger_fusion',
+            status(f'trigger/{s.source.value}', bytes([int(s.level)]), s.message, 'trigger_fusion',
                    **s.values) for s in statuses])
         arr.header.stamp = self.get_clock().now().to_msg()
         self._pub_triggers.publish(arr)
         self._published_levels, self._last_triggers_pub = levels, now
-        active = [s.source.value for s in statuses if s.level == WARN]
-        faults = [s.source.value for s in statuses if s.level == ERROR]
+        active = [s.source.value for s in statuses if s.level is Level.WARN]
+        faults = [s.source.value for s in statuses if s.level is Level.ERROR]
         values = dict(active=','.join(active), recording=str(self._fusion.recording).lower(),
                       starts=self._fusion.starts, stops=self._fusion.stops,
                       commands_sent=self.commands_sent, bad_msgs=self.bad_msgs)

@@ -1,0 +1,119 @@
+"""The patrol scenario over the real node graph: every trigger fires, in order, on time.
+
+The simulated sensor nodes (imu, gps, holster, dispatch_bridge) and trigger_fusion run as
+separate processes from config/sim.yaml, exactly as ``bodycam run --scenario patrol`` starts
+them, but with ``scenario_start`` 90 s in the past so only the part after the drive plays
+out (the dispatch was received and the one-mile line crossed long before), and with a short
+``down_hold_s``/``dismiss_s``. The detectors run with the parameters that pass the
+real-data floors (test_eval.py): the IMU synthesis was tuned, not the detectors.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.node import Node
+
+from bodycam_ros import bringup
+from bodycam_ros.core import scenario
+from bodycam_ros.core.geodesy import distance_m
+from bodycam_ros.rosutil import LATCHED_QOS, RELIABLE_QOS
+from conftest import ROOT, spin_until
+
+SKIP_S = 90.0          # scenario time when the graph starts: walking from the car
+DOWN_HOLD_S = 3.0
+DISMISS_S = 3.0
+NODES = ('imu', 'gps', 'holster', 'dispatch_bridge', 'trigger_fusion')
+
+
+class Probe(Node):
+    """Listens like a dispatcher's console: trigger levels, alerts, recorder commands."""
+
+    def __init__(self, ctx, start: float) -> None:
+        super().__init__('patrol_probe', context=ctx)
+        self.start = start
+        self.first_warn: dict[str, tuple[float, dict]] = {}   # source -> (scenario t, values)
+        self.alerts: list[tuple[float, dict]] = []
+        self.commands: list[tuple[float, DiagnosticStatus]] = []
+        self.create_subscription(DiagnosticArray, 'bodycam/triggers', self._on_triggers,
+                                 RELIABLE_QOS)
+        self.create_subscription(DiagnosticStatus, 'bodycam/alerts', self._on_alert, LATCHED_QOS)
+        self.create_subscription(DiagnosticStatus, 'recorder/command',
+                                 lambda m: self.commands.append((self._t(), m)), RELIABLE_QOS)
+
+    def _t(self) -> float:
+        return time.time() - self.start
+
+    def _on_triggers(self, msg: DiagnosticArray) -> None:
+        for st in msg.status:
+            source = st.name.removeprefix('trigger/')
+            if st.level == DiagnosticStatus.WARN and source not in self.first_warn:
+                self.first_warn[source] = (self._t(), {kv.key: kv.value for kv in st.values})
+
+    def _on_alert(self, msg: DiagnosticStatus) -> None:
+        self.alerts.append((self._t(), {kv.key: kv.value for kv in msg.values}))
+
+
+@pytest.mark.slow
+def test_patrol_fires_every_trigger_in_order_then_the_alert(ctx, executor, start_process):
+    start = time.time() - SKIP_S
+    probe = Probe(ctx, start)        # listening before the graph starts, like the recorder
+    executor.add_node(probe)
+    overrides = {'scenario': 'patrol', 'scenario_start': start}
+    procs = {}
+    for name in NODES:
+        extra = dict(overrides)
+        if name == 'trigger_fusion':
+            extra.update(down_hold_s=DOWN_HOLD_S, dismiss_s=DISMISS_S, officer_id='officer-17')
+        argv = bringup.node_argv(name, ROOT / 'config' / 'sim.yaml', '', extra)
+        procs[name] = start_process(argv[2], *argv[3:])
+
+    patrol = scenario.PATROL
+    fall_t = next(s.start_s for s in patrol.segments if s.activity is scenario.Activity.FALLING)
+    alert_due = fall_t + 0.5 + DOWN_HOLD_S + DISMISS_S + 1.5
+    ok = spin_until(executor, lambda: probe.alerts and
+                    probe.alerts[-1][1].get('state') == 'raised',
+                    timeout_s=alert_due - SKIP_S + 20.0)
+    logs = {n: p.output()[-1500:] for n, p in procs.items() if p.proc.poll() is not None}
+    assert ok, f'no alert; triggers seen {probe.first_warn}; exited: {logs}'
+
+    warn = {s: t for s, (t, _) in probe.first_warn.items()}
+    order = ['dispatch_proximity', 'foot_pursuit', 'holster', 'fight', 'officer_down']
+    assert [s for s in sorted(warn, key=warn.get) if s in order] == order, warn
+    assert 'manual' not in warn
+
+    # When each fired, in scenario seconds (what the README's demo shows, minus the drive).
+    run_start = next(s.start_s for s in patrol.segments if s.activity is scenario.Activity.RUNNING)
+    fight_start = next(s.start_s for s in patrol.segments
+                       if s.activity is scenario.Activity.FIGHTING)
+    assert warn['dispatch_proximity'] < run_start             # inside the mile on arrival
+    assert run_start + 1.0 <= warn['foot_pursuit'] <= run_start + 5.0
+    assert patrol.draw_at_s <= warn['holster'] <= patrol.draw_at_s + 1.0
+    assert fight_start + 2.0 <= warn['fight'] <= fight_start + 7.0
+    assert fall_t + DOWN_HOLD_S <= warn['officer_down'] <= fall_t + DOWN_HOLD_S + 3.0
+    alert_t, alert = probe.alerts[-1]
+    assert warn['officer_down'] + DISMISS_S - 0.5 <= alert_t <= warn['officer_down'] + DISMISS_S + 2
+
+    # Each trigger reports when it began and why.
+    assert float(probe.first_warn['holster'][1]['since']) == pytest.approx(
+        start + patrol.draw_at_s, abs=0.5)
+    assert float(probe.first_warn['officer_down'][1]['since']) == pytest.approx(
+        start + fall_t, abs=1.0)
+    assert float(probe.first_warn['foot_pursuit'][1]['cadence_hz']) > 2.3
+
+    # The alert carries who, where (the last fix: where the officer went down) and when.
+    assert alert['officer_id'] == 'officer-17' and alert['alert_id']
+    down_at = patrol.gps_at(fall_t)
+    assert distance_m(float(alert['latitude']), float(alert['longitude']),
+                      down_at.lat, down_at.lon) < 10.0
+    assert float(alert['stamp']) == pytest.approx(start + alert_t, abs=1.5)
+
+    # The recorder was told to start once per trigger, in the same order, with reasons.
+    reasons = [m.values for _, m in probe.commands if m.name == 'start']
+    got = [next(kv.value for kv in v if kv.key == 'reason') for v in reasons]
+    assert got == order, got
+    assert not [m for _, m in probe.commands if m.name == 'stop']
+
+    for name, p in procs.items():
+        assert p.stop() == 0, f'{name} exited uncleanly:\n{p.output()[-2000:]}'
