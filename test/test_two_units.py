@@ -54,10 +54,15 @@ def test_unit_b_gets_unit_a_officer_down_and_starts_recording(ctx, executor, sta
                 status=NavSatStatus.STATUS_FIX)))
 
     # Both bridges and unit_b's recorder up, both units have a position.
+    # (recorder/command is reliable but not latched: wait until unit_b's bridge and recorder
+    # have both announced their ends of it, as a unit that has been running would have.)
     assert spin_until(executor, lambda: rec_b and probe.count_subscribers('/unit_b/gps/fix')
                       and probe.count_subscribers('/unit_a/gps/fix')
-                      and probe.count_subscribers('/unit_a/bodycam/alerts'), 30.0), \
+                      and probe.count_subscribers('/unit_a/bodycam/alerts')
+                      and probe.count_publishers('/unit_b/recorder/command') >= 1
+                      and probe.count_subscribers('/unit_b/recorder/command') >= 2, 30.0), \
         recorder_b.output()
+    spin_for(executor, 1.0)
     assert rec_b[-1].message == 'IDLE'
     for _ in range(3):
         publish_fixes()
