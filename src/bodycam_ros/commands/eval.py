@@ -136,10 +136,12 @@ def run_recording(detector: str, path: Path, fmt: str,
         raise EvalError(f'{path}: {exc}') from exc
     det = make_detector(detector, down_hold_s)
     first: float | None = None
-    gyro = rec.gyro
-    for i in range(len(rec.t)):
-        t = float(rec.t[i])
-        out = det.update(t, rec.accel[i], None if gyro is None else gyro[i])
+    # Plain lists: the same values the node gets from each Imu message, without per-sample
+    # numpy indexing.
+    ts, accel = rec.t.tolist(), rec.accel.tolist()
+    gyro = rec.gyro.tolist() if rec.gyro is not None else [None] * len(ts)
+    for t, a, w in zip(ts, accel, gyro):
+        out = det.update(t, a, w)
         if detector == 'officer_down':
             fired = any(ev.kind is DownEventKind.DOWN for ev in out)
         else:
@@ -157,13 +159,13 @@ def eval_imu(detector: str, paths: list[Path], fmt: str,
         raise EvalError(f'{detector} is not an IMU detector')
     if down_hold_s is not None and detector != 'officer_down':
         raise EvalError('--down-hold-s applies to officer_down only')
+    det = make_detector(detector, down_hold_s)          # bad parameters fail before any file
     results = [run_recording(detector, f, fmt, down_hold_s) for f in find_recordings(paths, fmt)]
     tp = sum(r.positive and r.fired for r in results)
     fn = sum(r.positive and not r.fired for r in results)
     fp = sum(not r.positive and r.fired for r in results)
     tn = sum(not r.positive and not r.fired for r in results)
     n_pos, n_neg = tp + fn, fp + tn
-    det = make_detector(detector, down_hold_s)
     return {
         'detector': detector,
         'format': fmt,

@@ -10,7 +10,6 @@ invariant vector statistics, so a camera worn a little tilted does not change th
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,20 +24,23 @@ class ImuWindow:
 
     Samples out of time order or with non-finite values are counted and skipped; a
     stream that goes backwards by more than ``reset_after_s`` (a replayed file, a clock
-    step) empties the window instead.
+    step) empties the window instead. Stored in a growing numpy buffer, compacted when
+    full, so a window is a slice, not a copy of a deque.
     """
 
-    def __init__(self, keep_s: float, reset_after_s: float = 5.0) -> None:
+    def __init__(self, keep_s: float, reset_after_s: float = 5.0, capacity: int = 1024) -> None:
         self.keep_s = keep_s
         self._reset_after_s = reset_after_s
-        self._buf: deque[tuple[float, float, float, float]] = deque()
-        self._gyro: deque[tuple[float, float]] = deque()   # (t, |w|)
+        self._t = np.empty(capacity)
+        self._a = np.empty((capacity, 3))
+        self._w = np.full(capacity, np.nan)     # |gyro| [rad/s], NaN where none
+        self._lo = self._hi = 0                 # live samples are [lo, hi)
         self.rejected = 0
         self.resets = 0
         self.last_t = -math.inf
 
     def __len__(self) -> int:
-        return len(self._buf)
+        return self._hi - self._lo
 
     def push(self, t: float, accel: tuple[float, float, float] | np.ndarray,
              gyro: tuple[float, float, float] | np.ndarray | None = None) -> bool:
@@ -56,39 +58,56 @@ class ImuWindow:
                 self.rejected += 1
                 return False
         self.last_t = t
-        self._buf.append((t, ax, ay, az))
-        if gyro is not None:
-            w = math.sqrt(float(gyro[0]) ** 2 + float(gyro[1]) ** 2 + float(gyro[2]) ** 2)
-            if math.isfinite(w):
-                self._gyro.append((t, w))
         horizon = t - self.keep_s
-        while self._buf and self._buf[0][0] < horizon:
-            self._buf.popleft()
-        while self._gyro and self._gyro[0][0] < horizon:
-            self._gyro.popleft()
+        while self._lo < self._hi and self._t[self._lo] < horizon:
+            self._lo += 1
+        if self._hi == len(self._t):
+            self._make_room()
+        i = self._hi
+        self._t[i] = t
+        self._a[i, 0], self._a[i, 1], self._a[i, 2] = ax, ay, az
+        if gyro is not None:
+            self._w[i] = math.sqrt(float(gyro[0]) ** 2 + float(gyro[1]) ** 2
+                                   + float(gyro[2]) ** 2)
+        else:
+            self._w[i] = math.nan
+        self._hi += 1
         return True
 
+    def _make_room(self) -> None:
+        n = self._hi - self._lo
+        if n > len(self._t) // 2:      # mostly live: grow
+            cap = 2 * len(self._t)
+            t, a, w = np.empty(cap), np.empty((cap, 3)), np.full(cap, np.nan)
+        else:                          # mostly expired: compact in place
+            t, a, w = self._t, self._a, self._w
+        t[:n] = self._t[self._lo:self._hi]
+        a[:n] = self._a[self._lo:self._hi]
+        w[:n] = self._w[self._lo:self._hi]
+        self._t, self._a, self._w = t, a, w
+        self._lo, self._hi = 0, n
+
     def clear(self) -> None:
-        self._buf.clear()
-        self._gyro.clear()
+        self._lo = self._hi = 0
         self.last_t = -math.inf
 
     def arrays(self, last_s: float) -> tuple[np.ndarray, np.ndarray]:
-        """(t (N,), accel (N, 3)) of the samples in the last ``last_s`` seconds."""
-        if not self._buf:
+        """(t (N,), accel (N, 3)) of the samples in the last ``last_s`` seconds (views:
+        use them before the next push)."""
+        if self._hi == self._lo:
             return np.empty(0), np.empty((0, 3))
-        arr = np.asarray(self._buf)
-        start = np.searchsorted(arr[:, 0], arr[-1, 0] - last_s, side='left')
-        arr = arr[start:]
-        return arr[:, 0], arr[:, 1:]
+        t = self._t[self._lo:self._hi]
+        start = self._lo + int(np.searchsorted(t, t[-1] - last_s, side='left'))
+        return self._t[start:self._hi], self._a[start:self._hi]
 
     def gyro_rms(self, last_s: float) -> float:
         """RMS angular rate [rad/s] over the last ``last_s`` seconds; NaN without a gyro."""
-        if not self._gyro:
+        t, _ = self.arrays(last_s)
+        if len(t) == 0:
             return math.nan
-        horizon = self._gyro[-1][0] - last_s
-        w = [v for t, v in self._gyro if t >= horizon]
-        return math.sqrt(sum(v * v for v in w) / len(w)) if w else math.nan
+        w = self._w[self._hi - len(t):self._hi]
+        w = w[np.isfinite(w)]
+        return float(np.sqrt(np.mean(w * w))) if len(w) else math.nan
 
 
 class Hop:
