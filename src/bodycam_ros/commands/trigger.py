@@ -37,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         client = node.create_client(Trigger, SERVICES[args.action])
         deadline = time.monotonic() + args.timeout
-        name = client.srv_name
+        name = node.resolve_service_name(SERVICES[args.action])
         if not client.wait_for_service(timeout_sec=args.timeout):
             print(f'error: no {name} service within {args.timeout:g} s '
                   '(is trigger_fusion running in this namespace?)', file=sys.stderr)
