@@ -387,3 +387,19 @@ def test_a_copied_subset_verifies_but_an_emptied_spool_does_not(evidence_root: P
         shutil.rmtree(d)
     report = ev.verify_tree(evidence_root)
     assert not report.ok and 'chain_head' in ' '.join(report.chain_errors)
+
+
+def test_an_unreadable_sensor_journal_is_kept_not_dropped(tmp_path: Path):
+    store = EvidenceStore(tmp_path / 'ev')
+    d = store.recording / str(uuid.uuid4())
+    d.mkdir()
+    (d / JOURNAL).write_bytes(b'garbage, not a journal')
+    rec = Recorder(store, LookbackRing(3.0, 1 << 26), ev.DeviceKey.load_or_create(store.keys),
+                   RecorderConfig(min_free_bytes=0))
+    rec.start()
+    rec.close()
+    (sealed,) = store.sealed()
+    m = json.loads((sealed.path / 'manifest.json').read_text())
+    assert m['recovery']['sensor_journal_unreadable']
+    assert (sealed.path / 'sensors.unreadable').read_bytes() == b'garbage, not a journal'
+    assert 'sensors.unreadable' in m['files'] and ev.verify_tree(store.root).ok

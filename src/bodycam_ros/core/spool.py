@@ -33,7 +33,8 @@ from typing import Any
 from bodycam_ros.core import evidence as ev
 from bodycam_ros.core.mp4 import Fmp4Writer, Mp4Error, probe, repair
 from bodycam_ros.core.ring import LookbackRing, SensorRecord, Snapshot, VideoPacket
-from bodycam_ros.core.sidecar import JournalWriter, read_journal, write_mcap
+from bodycam_ros.core.sidecar import (JournalRead, JournalWriter, SidecarError,
+                                      read_journal, write_mcap)
 
 VIDEO = 'video.mp4'
 SENSORS = 'sensors.mcap'
@@ -452,7 +453,13 @@ def seal(store: EvidenceStore, directory: Path, key: ev.DeviceKey, ident: Identi
     start_t = video.get('first_stamp')
     end_t = video.get('last_stamp')
     if jpath.exists():
-        jr = read_journal(jpath)
+        try:
+            jr = read_journal(jpath)
+        except SidecarError:
+            # Not ours to judge or drop: keep the bytes as they are, hashed and signed.
+            os.replace(jpath, directory / 'sensors.unreadable')
+            jr = JournalRead([], 0)
+            recovery = (recovery or {}) | {'sensor_journal_unreadable': True}
         if jr.torn_bytes:
             recovery = (recovery or {}) | {'sensor_journal_torn_bytes': jr.torn_bytes}
         if jr.records:
@@ -583,6 +590,7 @@ class RecorderStatus:
     disk_low: bool
     seal_failures: int
     sync_ms_mean: float
+    writer_errors: int           # unexpected errors the writer thread survived
 
 
 @dataclass
@@ -591,6 +599,7 @@ class _Counters:
     recovered: int = 0
     pruned: int = 0
     seal_failures: int = 0
+    internal_errors: int = 0
     last_sealed: str = ''
     disk_error: str = ''
     disk_low: bool = False
@@ -732,7 +741,7 @@ class Recorder:
             State.IDLE else (), st.buffered_s, st.buffered_bytes, c.free_bytes, c.frames,
             self._jobs.qsize(), c.pending, c.sealed, c.recovered, c.pruned, c.last_sealed,
             c.disk_error, c.disk_low, c.seal_failures,
-            1000.0 * c.sync_s / c.syncs if c.syncs else 0.0)
+            1000.0 * c.sync_s / c.syncs if c.syncs else 0.0, c.internal_errors)
 
     def _put(self, kind: str, payload: Any) -> None:
         self._jobs.put((kind, payload))
@@ -769,6 +778,10 @@ class Recorder:
             except OSError as exc:    # the disk: reported, never fatal, nothing deleted
                 self._c.disk_error = f'{exc.strerror or exc} ({kind})'
                 self._c.events.append(f'disk error during {kind}: {exc}')
+            except Exception as exc:  # noqa: BLE001 - this thread must outlive any one bug
+                self._c.internal_errors += 1
+                self._c.events.append(f'writer error during {kind}: {type(exc).__name__}: '
+                                      f'{exc}')
             if writer is not None:
                 writer.maybe_sync()
                 self._c.pending = writer.pending_bytes
@@ -818,7 +831,7 @@ class Recorder:
     def _seal(self, directory: Path, recovered: bool, retry: list[Path]) -> None:
         try:
             target = seal(self.store, directory, self.key, self._ident, recovered)
-        except OSError as exc:
+        except (OSError, ev.EvidenceError) as exc:
             self._c.seal_failures += 1
             self._c.disk_error = f'{exc.strerror or exc} (sealing {directory.name})'
             self._c.events.append(f'incident {directory.name}: sealing failed, will retry: '

@@ -208,7 +208,8 @@ class RecorderNode(Node):
             pending_bytes=st.pending_bytes, sealed_count=st.sealed,
             recovered_count=st.recovered, pruned_count=st.pruned, last_sealed=st.last_sealed,
             pre_event_s=self._p['pre_event_s'], video_age_s=video_age,
-            fsync_ms=st.sync_ms_mean, disk_error=st.disk_error, problem=problem,
+            fsync_ms=st.sync_ms_mean, disk_error=st.disk_error,
+            seal_failures=st.seal_failures, writer_errors=st.writer_errors, problem=problem,
             evidence_dir=str(self._store.root.resolve()))
         msg = status(f'{self.get_namespace().rstrip("/")}/recorder'.lstrip('/'), level,
                      st.state.value, **values)
@@ -222,6 +223,8 @@ class RecorderNode(Node):
         if st.disk_low:
             return ERROR, (f'disk low: {st.free_bytes} bytes free < min_free_bytes '
                            f'{self._p["min_free_bytes"]} and no uploaded incident to delete')
+        if st.writer_errors:
+            return ERROR, f'{st.writer_errors} writer error(s); see the log'
         if self._last_video is None or self._now() - self._last_video > VIDEO_STALE_S:
             return WARN, 'no video on camera/h264'
         if st.buffered_s + 1.0 < self._p['pre_event_s'] and \
