@@ -171,6 +171,9 @@ def test_event_policy_ids_are_stable_and_edges_only() -> None:
     assert [e.kind for e in started] == ['incident_started']
     assert started[0].body['incident_id'] == 'inc-1'
     assert p.on_recorder('POST_ROLL', 'inc-1', '') == []
+    p.on_triggers([('holster', 0, 'holstered')])
+    drawn, = p.on_triggers([('holster', 1, 'drawn')])
+    assert drawn.body['incident_id'] == 'inc-1', 'events carry the incident being recorded'
     assert [e.kind for e in p.on_recorder('IDLE', '', 'inc-1')] == ['incident_sealed']
     quiet = EventPolicy('u', 'o', forward=['officer_down'])
     assert quiet.on_triggers([('holster', 1, '')]) == [] and quiet.on_recorder('IDLE', '', '') \

@@ -232,11 +232,13 @@ class EventPolicy:
         self._holster_active = False
         self._recorder: tuple[str, str] | None = None   # (state, incident) last seen
         self._last_sealed: str | None = None
+        self._incident = ''   # the recorder's current incident, for events that lack one
 
     def _doc(self, kind: str, t: float, incident_id: str = '', **extra: Any) -> dict[str, Any]:
         pos = self.position
         return {'unit_id': self.unit_id, 'officer_id': self.officer_id, 'time': t,
-                'time_iso': _iso(t), 'incident_id': incident_id, 'queued_at': self._clock(),
+                'time_iso': _iso(t), 'incident_id': incident_id or self._incident,
+                'queued_at': self._clock(),
                 'position': {'latitude': pos[0], 'longitude': pos[1]} if pos else None,
                 **extra}
 
@@ -283,6 +285,7 @@ class EventPolicy:
             out.append(Outgoing(str(uuid.uuid5(_NS, f'{last_sealed}/sealed')), 'incident_sealed',
                                 self._doc('incident_sealed', now, last_sealed)))
         self._recorder = (state, incident_id if state in ('RECORDING', 'POST_ROLL') else '')
+        self._incident = self._recorder[1]
         self._last_sealed = last_sealed
         return out
 
