@@ -211,8 +211,9 @@ class DispatchBridgeNode(Node):
                                         throttle_duration_sec=5.0)
                 continue
             if ev is not None:
-                self.get_logger().info(f'dispatch event #{ev.seq} {ev.kind} '
-                                       f'{o.body.get("state", "")} queued')
+                state = o.body.get('state')
+                self.get_logger().info(f'dispatch event #{ev.seq} {ev.kind}'
+                                       + (f' {state}' if state else '') + ' queued')
 
     def _on_delivered(self, ev: Event, t: float) -> None:   # courier thread
         raised = ev.body.get('time')
