@@ -70,6 +70,13 @@ def main(args: argparse.Namespace) -> int:
                 for n in names]
     sup = bringup.Supervisor(children, log_dir=log_dir)
     print(f'bodycam: starting {", ".join(names)} (config {params}, logs {log_dir})', flush=True)
+    if 'live_view' in names:
+        # Same token source as the node, so the printed URL works.
+        from bodycam_ros.core.tokens import TokenError, live_view_url_from_config
+        try:
+            print(f'live view: {live_view_url_from_config(params)}', flush=True)
+        except (TokenError, OSError) as exc:
+            print(f'live view: unavailable ({exc})', flush=True)
     sup.start()
 
     from bodycam_ros.monitor import Monitor
