@@ -178,7 +178,8 @@ class S3Server:
         """moto's IAM signature checking for every following request (process-wide)."""
         import urllib.request
         req = urllib.request.Request(f'{self.url}/moto-api/reset-auth', method='POST',
-                                     data=b'0' if enabled else b'inf')
+                                     data=b'0' if enabled else b'inf',
+                                     headers={'Content-Type': 'text/plain'})
         urllib.request.urlopen(req, timeout=5).read()
 
     def iam_user_keys(self, name: str) -> tuple[str, str]:
@@ -194,12 +195,13 @@ class S3Server:
         return k['AccessKeyId'], k['SecretAccessKey']
 
     # -- log ------------------------------------------------------------------------------
-    def count(self, op: str, key: str | None = None, part: int | None = None,
-              ok: bool | None = None, bucket: str | None = None) -> int:
+    def count(self, bucket: str, op: str, key: str | None = None, part: int | None = None,
+              ok: bool | None = None) -> int:
+        """Requests the server received for ``bucket`` (``ok``: only 2xx / only failures)."""
         with self._lock:
             reqs = list(self.requests)
-        return sum(1 for r in reqs if r.op == op and (key is None or r.key == key)
-                   and (part is None or r.part == part) and (bucket is None or r.bucket == bucket)
+        return sum(1 for r in reqs if r.bucket == bucket and r.op == op
+                   and (key is None or r.key == key) and (part is None or r.part == part)
                    and (ok is None or (200 <= r.status < 300) == ok))
 
     def log(self, bucket: str | None = None) -> list[Request]:
@@ -345,8 +347,10 @@ class FaultProxy:
 
     def _pump(self, conn: _Conn, src: socket.socket, dst: socket.socket, up: bool) -> None:
         try:
-            while True:
+            while not conn.dead:
                 data = src.recv(16384)
+                if conn.dead:
+                    return
                 if not data:
                     try:
                         dst.shutdown(socket.SHUT_WR)
@@ -368,16 +372,30 @@ class FaultProxy:
 class _Conn:
     def __init__(self, a: socket.socket, b: socket.socket) -> None:
         self.socks = (a, b)
+        self.dead = False
+        self._lock = threading.Lock()
 
     def cut(self) -> None:
-        """Reset both sides (RST, as a dropped LTE bearer looks to the stack)."""
+        """Reset both sides (RST, as a dropped LTE bearer looks to the stack).
+
+        shutdown(SHUT_RD) first wakes the other pump thread blocked in recv(); only then can
+        close() release the socket and send the RST (a blocked syscall holds it open).
+        """
+        with self._lock:
+            if self.dead:
+                return
+            self.dead = True
         for s in self.socks:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+                s.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+        for s in self.socks:
+            try:
                 s.close()
             except OSError:
                 pass
-
 
 def s3_options(endpoint: str, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY,
                **extra) -> dict:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from bodycam_ros.core.upload.backends import Backend, RemoteObject
-from bodycam_ros.core.upload.errors import Cancelled, LocalError, UploadGone, VerifyError
+from bodycam_ros.core.upload.errors import (Cancelled, CredentialsError, LocalError,
+                                            UploadError, UploadGone, VerifyError)
 from bodycam_ros.core.upload.queue import atomic_write_json
 from bodycam_ros.core.upload.throttle import RateLimiter, ThrottledReader
 
@@ -218,9 +219,15 @@ class Transfer:
     stop: threading.Event | None = None
     check_yield: Callable[[], None] = lambda: None
     metadata: Mapping[str, str] | None = None
+    _fresh: bool = False
 
     def digest(self) -> FileDigest:
-        """The file's digest, cached in the state while size and mtime are unchanged."""
+        """The file's digest, cached in the state while size and mtime are unchanged.
+
+        A new digest starts a new object state: nothing of it can be in the store yet,
+        unless an earlier state was lost (then the worst case is one redundant upload).
+        """
+        self._fresh = False
         obj = self.state.objects.get(self.name, {})
         try:
             st = os.stat(self.path)
@@ -231,6 +238,7 @@ class Transfer:
                 and cached['part_size'] == self.part_size and obj.get('key') == self.key:
             return FileDigest.from_json(cached)
         digest = digest_file(self.path, self.part_size, self.stop)
+        self._fresh = True
         old_id = obj.get('upload_id')
         if old_id:
             try:
@@ -258,10 +266,11 @@ class Transfer:
         if obj.get('uploaded'):
             self.on_confirmed(digest.size)
             return digest
-        # The object may be complete already: a lost reply to the last PUT/Complete, or a
-        # crash before the state was saved. Sending it again would only waste the uplink.
-        if verify_remote(self.backend.head(self.key), digest, self.path,
-                         self.backend.computes_sha256) == '':
+        # After an earlier attempt the object may be complete already: a lost reply to the
+        # last PUT/Complete, or a crash before the state was saved. Sending it again would
+        # waste the uplink and, in a versioned bucket, store it twice.
+        if not self._fresh and verify_remote(self.backend.head(self.key), digest, self.path,
+                                             self.backend.computes_sha256) == '':
             self._mark_uploaded(obj)
             self.on_confirmed(digest.size)
             return digest
@@ -278,6 +287,26 @@ class Transfer:
             return digest
         self._multipart(digest, obj, metadata)
         return digest
+
+    def _adopt_orphan(self, obj: dict[str, Any]) -> None:
+        """Find an upload the store started for us but whose reply we never got.
+
+        A lost reply to CreateMultipartUpload leaves an upload id only the server knows;
+        taking it over (its parts are checked against our MD5s) avoids an orphan that would
+        hold storage until a lifecycle rule aborts it.
+        """
+        try:
+            ids = [u for k, u in self.backend.list_multipart_uploads(self.key) if k == self.key]
+        except UploadError as exc:
+            if isinstance(exc, CredentialsError):
+                return        # no s3:ListBucketMultipartUploads: leave it to the lifecycle rule
+            raise
+        if not ids:
+            return
+        obj['upload_id'], obj['parts'] = ids[-1], {}
+        for stale in ids[:-1]:
+            self.backend.abort_multipart(self.key, stale)
+        self.state.save()
 
     def _mark_uploaded(self, obj: dict[str, Any]) -> None:
         obj['uploaded'] = True
@@ -300,6 +329,8 @@ class Transfer:
                    metadata: Mapping[str, str]) -> None:
         be = self.backend
         remote_parts = None
+        if not obj.get('upload_id') and not self._fresh:
+            self._adopt_orphan(obj)
         if obj.get('upload_id'):
             try:
                 remote_parts = be.list_parts(self.key, obj['upload_id'])

@@ -265,7 +265,8 @@ class Uploader:
                     if max_failures is not None and n >= max_failures:
                         result.failed[inc.path.name] = msg
                     continue
-                self._checked = False     # look at the bucket again before the next try
+                if not exc.retryable:
+                    self._checked = False   # look at the bucket again before the next try
                 if (fail_fast and not exc.retryable) or \
                         (max_failures is not None and consecutive >= max_failures):
                     result.error = msg
