@@ -115,8 +115,13 @@ def test_keep_local_zero_deletes_the_local_copy_only_after_verification(tmp_path
     assert incident_files(inc) == files and not (inc / 'upload.json').exists()
 
     bucket = tmp_path / 'bucket'
+    manifest_sha = __import__('hashlib').sha256((inc / 'manifest.json').read_bytes()).hexdigest()
     assert create_uploader(f'file://{bucket}', ev, keep_local_s=0.0).drain().ok
-    assert not inc.exists()
+    assert not inc.exists() and list((ev / 'spool').iterdir()) == []
+    # logged like the recorder's disk policy does, so the hash chain still verifies
+    (line,) = (ev / 'pruned.jsonl').read_text().splitlines()
+    assert json.loads(line)['incident_id'] == 'inc'
+    assert json.loads(line)['manifest_sha256'] == manifest_sha
     stored = next(bucket.glob(f'{DEVICE}/*/inc'))
     assert {p.name: p.read_bytes() for p in stored.iterdir()} == files
 

@@ -142,7 +142,13 @@ class UploaderNode(Node):
 
     def close(self) -> None:
         """On shutdown: upload what the recorder seals as it stops, then stop the worker."""
+        if self._drain_s > 0:
+            self.get_logger().info(f'stopping: uploading what is sealed for up to '
+                                   f'{self._drain_s:g} s')
         self._uploader.stop(drain_s=self._drain_s)
+        st = self._uploader.status()
+        self.get_logger().info(f'stopped: {st.verified_total} verified this run, '
+                               f'{st.queue_length} left in the spool')
         self._uploader.backend.close()
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -201,6 +203,44 @@ def scan_spool(evidence_dir: Path, skip: Iterable[str] = ()) -> SpoolScan:
     except FileNotFoundError:
         pass
     return scan
+
+
+#: The evidence directory's log of deleted incidents (shared with the recorder's disk policy):
+#: one JSON line per deletion keeps the hash chain of what remains verifiable.
+PRUNED_LOG = 'pruned.jsonl'
+
+
+def prune_incident(evidence_dir: Path, name: str) -> bool:
+    """Delete a verified incident's local copy, logging its chain link first.
+
+    Same protocol as the recorder's disk policy: append ``{incident_id, sequence,
+    manifest_sha256, pruned_time}`` to ``pruned.jsonl`` (fsync), rename the directory out of
+    sight, then remove it. Returns False (and deletes nothing) unless ``upload.json`` says
+    verified.
+    """
+    import hashlib
+    path = evidence_dir / 'spool' / name
+    if not is_verified(path):
+        return False
+    try:
+        body = (path / MANIFEST).read_bytes()
+        manifest = json.loads(body)
+    except (OSError, ValueError):
+        return False
+    line = json.dumps({'incident_id': manifest.get('incident_id', name),
+                       'sequence': manifest.get('sequence'),
+                       'manifest_sha256': hashlib.sha256(body).hexdigest(),
+                       'pruned_time': time.time()}, sort_keys=True) + '\n'
+    fd = os.open(evidence_dir / PRUNED_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    trash = path.parent / f'.pruning-{name}'
+    os.replace(path, trash)
+    shutil.rmtree(trash)
+    return True
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

@@ -9,7 +9,6 @@ over at the next part boundary.
 from __future__ import annotations
 
 import random
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from bodycam_ros.core.upload.errors import (BucketMissingError, Cancelled, Crede
 from bodycam_ros.core.upload.multipart import FileDigest, Transfer, UploadState, verify_remote
 from bodycam_ros.core.upload.proxy import ProxyError, make_proxy
 from bodycam_ros.core.upload.queue import (RECORD, Incident, SpoolScan, atomic_write_json,
-                                           is_verified, safe_component, scan_spool)
+                                           prune_incident, safe_component, scan_spool)
 from bodycam_ros.core.upload.throttle import Backoff, RateLimiter, RateMeter
 
 MiB = 1024 * 1024
@@ -436,15 +435,13 @@ class Uploader:
         for name, at in list(self._verified_at.items()):
             if now - at < keep:
                 continue
-            path = self.config.evidence_dir / 'spool' / name
-            # Only ever a directory whose own record says verified.
-            if path.is_dir() and is_verified(path):
-                try:
-                    shutil.rmtree(path)
-                except OSError as exc:
-                    self._emit('warning', name, f'cannot delete local copy: {exc}')
-                    continue
-                self._emit('deleted', name, f'local copy deleted {keep:.0f} s after verify')
+            try:
+                if prune_incident(self.config.evidence_dir, name):
+                    self._emit('deleted', name, f'local copy deleted {keep:.0f} s after it '
+                               'verified')
+            except OSError as exc:
+                self._emit('warning', name, f'cannot delete local copy: {exc}')
+                continue
             self._verified_at.pop(name, None)
             self._verified_ids.discard(name)
 
