@@ -101,7 +101,7 @@ def test_node_uploads_the_incident_sealed_during_shutdown(start_process, tmp_pat
     recording.mkdir(parents=True)
     assert wait_for(lambda: 'uploading' in proc.output(), 30), proc.output()
     proc.proc.send_signal(signal.SIGINT)
-    assert wait_for(lambda: 'stopping: uploading what is sealed' in proc.output(), 10)
+    assert wait_for(lambda: "stopping: uploading what is sealed" in proc.output(), 10)
     recording.rmdir()                       # the recorder seals only now
     make_incident(ev, 'last', start_time=1_700_000_000.0)
     assert proc.proc.wait(20) == 0, proc.output()

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import rclpy.logging
 from diagnostic_msgs.msg import DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
@@ -142,12 +143,14 @@ class UploaderNode(Node):
 
     def close(self) -> None:
         """On shutdown: upload what the recorder seals as it stops, then stop the worker."""
+        # The context may be shut down already: log without the /rosout publisher.
+        log = rclpy.logging.get_logger(f'{self.get_name()}_shutdown')
         if self._drain_s > 0:
-            self.get_logger().info(f'stopping: uploading what is sealed for up to '
+            log.info(f'stopping: uploading what is sealed for up to '
                                    f'{self._drain_s:g} s')
         self._uploader.stop(drain_s=self._drain_s)
         st = self._uploader.status()
-        self.get_logger().info(f'stopped: {st.verified_total} verified this run, '
+        log.info(f'stopped: {st.verified_total} verified this run, '
                                f'{st.queue_length} left in the spool')
         self._uploader.backend.close()
 
