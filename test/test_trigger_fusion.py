@@ -2,7 +2,6 @@
 dispatcher's console and the officer's buttons see it."""
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 import time

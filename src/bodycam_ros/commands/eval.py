@@ -274,8 +274,8 @@ def _table(report: dict) -> str:
     lines.append(f'{"file":62s} {"label":28s} pos  fired  first_fire_s')
     for f in report['files']:
         first = '' if f['first_fire_s'] is None else f'{f["first_fire_s"]:.2f}'
-        lines.append(f'{f["file"][:62]:62s} {f["label"][:28]:28s} {"yes" if f["positive"] else "no ":4s}'
-                     f' {"yes" if f["fired"] else "no ":6s} {first}')
+        pos, fired = 'yes' if f['positive'] else 'no', 'yes' if f['fired'] else 'no'
+        lines.append(f'{f["file"][:62]:62s} {f["label"][:28]:28s} {pos:4s} {fired:6s} {first}')
     s = report['summary']
     sens = 'n/a' if s['sensitivity'] is None else f'{100 * s["sensitivity"]:.1f} %'
     spec = 'n/a' if s['specificity'] is None else f'{100 * s["specificity"]:.1f} %'

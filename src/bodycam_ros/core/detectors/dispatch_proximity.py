@@ -36,7 +36,8 @@ class Crossing:
     lon: float
 
 
-def horizontal_accuracy_m(covariance: tuple[float, ...] | list[float], covariance_type: int) -> float:
+def horizontal_accuracy_m(covariance: tuple[float, ...] | list[float],
+                          covariance_type: int) -> float:
     """Horizontal 1-sigma [m] from a NavSatFix ENU covariance; NaN when unknown (type 0)."""
     if covariance_type == 0 or len(covariance) < 5:
         return math.nan

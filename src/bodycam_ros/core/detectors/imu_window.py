@@ -10,7 +10,6 @@ invariant vector statistics, so a camera worn a little tilted does not change th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
