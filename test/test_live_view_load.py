@@ -124,7 +124,11 @@ def test_five_viewers_do_not_cost_the_camera_or_recorder_frames(ctx, executor, s
     assert enc1 > 0.5 * 30 * WINDOW_S, 'camera too slow to judge (machine overloaded?)'
     slack = 3 + int(0.02 * enc1)
     assert drop1 <= drop0 + slack, f'camera dropped {drop1} with viewers vs {drop0} without'
-    assert lost1 <= lost0 + slack, f'recorder lost {lost1} with viewers vs {lost0} without'
+    # The recorder's frame count moves in whole fragments (one 30-frame GOP at a time) and is
+    # reported at 1 Hz, so each window's count is only known to within one GOP.
+    gop = 30
+    assert lost1 <= lost0 + slack + gop, \
+        f'recorder lost {lost1} with viewers vs {lost0} without'
     for c in viewers:
         assert not c.error and c.fragments >= 0.8 * enc1 - 30, (c.fragments, enc1, c.error)
     assert int(stats['viewer_resyncs']) >= 1, 'the stalled viewer was never dropped'

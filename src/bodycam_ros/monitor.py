@@ -72,8 +72,8 @@ class Monitor(Node):
             if self.triggers.get(source) != st.level:
                 if st.level == DiagnosticStatus.WARN or self.triggers.get(source) == \
                         DiagnosticStatus.WARN:
-                    self._events.append(f'trigger {source}: {LEVEL_NAMES.get(st.level, st.level)}'
-                                        f' {st.message}')
+                    level = LEVEL_NAMES.get(ord(st.level), st.level)
+                    self._events.append(f'trigger {source}: {level} {st.message}')
                 self.triggers[source] = st.level
 
     def _on_alert(self, msg: DiagnosticStatus) -> None:
