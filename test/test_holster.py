@@ -214,9 +214,10 @@ def test_bounce_is_not_published(ctx, executor) -> None:
 
 
 def test_scenario_draw_reaches_the_topic(ctx, executor) -> None:
-    # patrol draws at 124 s: start the timeline 123.8 s ago.
+    # Start the patrol timeline 2 s before its draw: holstered first, even on a slow machine.
+    from bodycam_ros.core.scenario import PATROL
     node = holster_node(ctx, source='sim', scenario='patrol',
-                        scenario_start=time.time() - 123.8, debounce_s=0.05)
+                        scenario_start=time.time() - (PATROL.draw_at_s - 2.0), debounce_s=0.05)
     probe = Probe(ctx)
     executor.add_node(node)
     executor.add_node(probe)
