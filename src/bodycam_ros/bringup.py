@@ -109,15 +109,18 @@ class Supervisor:
                 self._spawn(child)
         return events
 
-    def stop(self, timeout_s: float = 10.0) -> dict[str, int | None]:
-        """SIGINT every child (recorder and uploader last, so they seal what they hold)."""
-        order = sorted(self.children, key=lambda c: c.name in ('recorder', 'uploader'))
-        for group in (order[:-2], order[-2:]) if len(order) > 2 else (order,):
-            for child in group:
+    def stop(self, timeout_s: float = 15.0) -> dict[str, int | None]:
+        """SIGINT the children in three waves: the rest, then the recorder (it seals what it
+        holds), then the uploader (it drains what was just sealed)."""
+        last = ('recorder', 'uploader')
+        waves = [[c for c in self.children if c.name not in last]] + \
+            [[c for c in self.children if c.name == name] for name in last]
+        for wave in waves:
+            for child in wave:
                 if child.proc is not None and child.proc.poll() is None:
                     child.proc.send_signal(signal.SIGINT)
             deadline = time.monotonic() + timeout_s
-            for child in group:
+            for child in wave:
                 if child.proc is None:
                     continue
                 try:

@@ -6,12 +6,15 @@ import sys
 import time
 from pathlib import Path
 
+SCENARIO_LEAD_S = 3.0
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--config', type=Path, default=None,
                    help='params YAML keyed by node name (default: the package config/sim.yaml)')
     p.add_argument('--duration', type=float, default=None, metavar='S',
-                   help='stop cleanly after S seconds (default: until Ctrl-C)')
+                   help='stop cleanly after S seconds (default: until Ctrl-C, or the end of '
+                   'the --scenario)')
     p.add_argument('--scenario', default=None,
                    help='scripted shift for the simulated sensors, e.g. patrol or idle')
     p.add_argument('--namespace', default='', help='ROS namespace of this unit, e.g. unit_a')
@@ -46,16 +49,19 @@ def main(args: argparse.Namespace) -> int:
     names = bringup.available_nodes(wanted)
 
     overrides: dict[str, object] = {}
+    duration = args.duration
     if args.scenario:
         from bodycam_ros.core import scenario
         try:
-            scenario.get(args.scenario)
+            shift = scenario.get(args.scenario)
         except ValueError as exc:
             print(f'error: {exc}', file=sys.stderr)
             return 2
         overrides['scenario'] = args.scenario
         # One epoch for every process, a little ahead so all nodes are up when it begins.
-        overrides['scenario_start'] = time.time() + 3.0
+        overrides['scenario_start'] = time.time() + SCENARIO_LEAD_S
+        if duration is None and shift.duration_s != float('inf'):
+            duration = SCENARIO_LEAD_S + shift.duration_s   # a scripted shift ends by itself
     if args.evidence_dir is not None:
         overrides['evidence_dir'] = str(args.evidence_dir.resolve())
     if args.bucket is not None:
@@ -83,7 +89,9 @@ def main(args: argparse.Namespace) -> int:
     import rclpy
     rclpy.init()
     monitor = Monitor(namespace=args.namespace)
-    deadline = time.monotonic() + args.duration if args.duration else None
+    deadline = time.monotonic() + duration if duration else None
+    if duration:
+        print(f'bodycam: running for {duration:.0f} s', flush=True)
     last_print = time.monotonic()
     tty = sys.stdout.isatty()
     code = 0
