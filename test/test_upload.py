@@ -145,16 +145,16 @@ def test_a_changed_local_file_is_uploaded_as_found_and_flagged(tmp_path: Path):
     assert record['verified'] is True and record['manifest_mismatch'] == ['sensors.mcap']
 
 
-def test_proxy_is_a_360p_h264_clip_uploaded_before_the_evidence(tmp_path: Path):
+def test_proxy_is_a_360p_h264_clip_beside_the_evidence(tmp_path: Path):
     ev = tmp_path / 'evidence'
     video = h264_mp4(seconds=2.0, width=1280, height=720, fps=30, bitrate=2_000_000)
     make_incident(ev, 'inc', video=video, start_time=1_700_000_000.0)
-    objects = []
+    events = []
     up = create_uploader(f'file://{tmp_path / "bucket"}', ev, proxy=True,
-                         on_event=lambda e: objects.append(e.message.split()[0].rsplit('/', 1)[1])
-                         if e.kind == 'object' else None)
+                         on_event=events.append)
     assert up.drain().ok
-    assert objects[0] == 'proxy.mp4'
+    assert [e.kind for e in events if e.kind in ('proxy', 'proxy_ready')] == \
+        ['proxy', 'proxy_ready']
     proxy = tmp_path / 'bucket' / DEVICE / '2023-11-14' / 'inc' / 'proxy.mp4'
     probe = json.loads(subprocess.run(
         ['ffprobe', '-v', 'error', '-of', 'json', '-show_streams', '-show_format', str(proxy)],

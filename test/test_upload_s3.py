@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from bodycam_ros.core.upload import create_uploader
 from conftest import ROOT
 from s3util import ACCESS_KEY, REGION, SECRET_KEY, FaultProxy, Fault, S3Server, s3_options
-from spoolutil import DEVICE, incident_files, make_incident
+from spoolutil import DEVICE, h264_mp4, incident_files, make_incident
 
 PART = 5 * 1024 * 1024
 DAY = '2023-11-14'
@@ -99,7 +100,39 @@ def test_upload_and_verify_single_put_and_multipart(s3: S3Server, tmp_path: Path
     # moto computes a composite SHA-256 for multipart objects itself: recorded and checked
     assert record['objects']['big.bin']['checksum_sha256']
     assert record['proxy']['key'] == f'{prefix}/proxy.mp4'
+    kinds = [e.kind for e in up.events]
+    assert kinds.index('proxy_ready') < kinds.index('verified')  # viewable before the rest
     assert s3.open_uploads('verify-me') == []
+
+
+def test_proxy_goes_up_at_the_first_part_boundary_after_its_transcode(s3: S3Server,
+                                                                       tmp_path: Path):
+    """The link carries evidence while the proxy transcodes; once the proxy exists it
+    overtakes the evidence at the next part boundary, so administration sees it soonest."""
+    s3.create_bucket('proxy-first')
+    ev = tmp_path / 'evidence'
+    make_incident(ev, 'inc', start_time=T0, extra={'big.bin': os.urandom(2 * PART + 10)},
+                  video=h264_mp4(seconds=2.0, width=1280, height=720, fps=30))
+    pause = s3.add_fault(Fault('UploadPart', 'pause', part=2))
+    up = uploader(s3, 'proxy-first', ev, proxy=True)
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(up.drain()))
+    worker.start()
+    try:
+        assert pause.held.wait(30)
+        assert _wait(lambda: (ev / 'upload' / 'inc' / 'proxy.mp4').is_file(), 60)
+    finally:
+        pause.release.set()
+        worker.join(60)
+    assert result and result[0].ok
+    ops = [(r.op, r.key.rsplit('/', 1)[1], r.part) for r in s3.log('proxy-first')
+           if r.op in ('UploadPart', 'PutObject')]
+    big = [i for i, o in enumerate(ops) if o[1] == 'big.bin']
+    proxy = ops.index(('PutObject', 'proxy.mp4', None))
+    assert big[1] < proxy < big[2], ops      # between part 2 and part 3
+    assert [ops[i][2] for i in big] == [1, 2, 3]
+    kinds = [e.kind for e in up.events]
+    assert kinds.index('proxy_ready') < kinds.index('verified')
 
 
 def test_killed_mid_multipart_resumes_without_resending_finished_parts(s3: S3Server,

@@ -92,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.quiet)
 
     def on_event(e: UploadEvent) -> None:
-        if e.kind in ('verified', 'error', 'warning', 'invalid', 'deleted', 'proxy', 'yield'):
+        if e.kind in ('verified', 'error', 'warning', 'invalid', 'deleted', 'proxy_ready', 'yield'):
             who = f' {e.incident_id}' if e.incident_id else ''
             progress.event(f'upload: {e.kind}{who}: {e.message}')
 

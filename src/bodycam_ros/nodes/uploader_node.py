@@ -112,7 +112,7 @@ class UploaderNode(Node):
                 return
             self._last_log[text] = now
             (self.get_logger().error if e.kind == 'error' else self.get_logger().warning)(text)
-        elif e.kind in ('verified', 'deleted', 'yield', 'proxy'):
+        elif e.kind in ('verified', 'deleted', 'yield', 'proxy_ready'):
             self.get_logger().info(f'{e.kind} {text}')
 
     def _publish(self) -> None:

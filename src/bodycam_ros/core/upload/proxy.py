@@ -29,8 +29,9 @@ class ProxyInfo:
 
 
 def make_proxy(src: Path, dst: Path, height: int = 360, max_fps: float = 15.0, crf: int = 30,
-               stop: threading.Event | None = None) -> ProxyInfo:
-    """Transcode ``src`` to an H.264 MP4 of at most ``height`` lines and ``max_fps``.
+               max_kbps: int = 600, stop: threading.Event | None = None) -> ProxyInfo:
+    """Transcode ``src`` to an H.264 MP4 of at most ``height`` lines, ``max_fps`` and
+    ``max_kbps`` (a 5-minute clip: about 20 MB at most).
 
     A truncated source (a power cut mid-recording) yields a proxy of what could be decoded.
     Written to a temp file and renamed, so ``dst`` is always complete.
@@ -61,7 +62,10 @@ def make_proxy(src: Path, dst: Path, height: int = 360, max_fps: float = 15.0, c
                 vout = out.add_stream('libx264', rate=fps)
                 vout.width, vout.height, vout.pix_fmt = out_w, out_h, 'yuv420p'
                 vout.codec_context.time_base = 1 / fps
-                vout.options = {'crf': str(crf), 'preset': 'veryfast',
+                # A bitrate ceiling bounds what a busy scene costs on LTE.
+                vout.options = {'crf': str(crf), 'preset': 'superfast',
+                                'maxrate': str(max_kbps * 1000),
+                                'bufsize': str(2 * max_kbps * 1000),
                                 'g': str(max(1, round(float(fps) * 2)))}
                 t0 = None
                 next_pts = 0
@@ -75,7 +79,8 @@ def make_proxy(src: Path, dst: Path, height: int = 360, max_fps: float = 15.0, c
                         pts = round((t - t0) * fps)
                         if pts < next_pts:
                             continue   # dropping frames down to max_fps
-                        small = frame.reformat(width=out_w, height=out_h, format='yuv420p')
+                        small = frame.reformat(width=out_w, height=out_h, format='yuv420p',
+                                               interpolation='FAST_BILINEAR')
                         small.pts, small.time_base = pts, vout.codec_context.time_base
                         next_pts = pts + 1
                         out.mux(vout.encode(small))
@@ -92,3 +97,52 @@ def make_proxy(src: Path, dst: Path, height: int = 360, max_fps: float = 15.0, c
     finally:
         tmp.unlink(missing_ok=True)
     return ProxyInfo(out_w, out_h, frames, last_t + 1 / float(fps), dst.stat().st_size)
+
+
+class ProxyJob:
+    """A proxy transcode on a thread of its own, so the link carries evidence meanwhile.
+
+    The uploader sends the proxy at the first part boundary after the job finishes.
+    """
+
+    def __init__(self, src: Path, dst: Path, height: int = 360,
+                 stop: threading.Event | None = None) -> None:
+        import time
+        self.dst = dst
+        self.error = ''
+        self.info: ProxyInfo | None = None
+        self.seconds = 0.0
+        self._t0 = time.monotonic()
+        self._done = threading.Event()
+        if dst.is_file():            # finished by an earlier run
+            self._done.set()
+            return
+        self._args = (src, dst, height, stop)
+        threading.Thread(target=self._run, name='proxy-transcode', daemon=True).start()
+
+    def _run(self) -> None:
+        import time
+        src, dst, height, stop = self._args
+        try:
+            self.info = make_proxy(src, dst, height, stop=stop)
+        except ProxyError as exc:
+            self.error = str(exc)
+        except Cancelled:
+            self.error = 'cancelled'
+        except Exception as exc:  # noqa: BLE001 - a thread must report, not vanish
+            self.error = f'transcode failed: {exc!r}'
+        finally:
+            self.seconds = time.monotonic() - self._t0
+            self._done.set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def ready(self) -> bool:
+        """Finished with a proxy file to send."""
+        return self._done.is_set() and not self.error and self.dst.is_file()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._done.wait(timeout_s)

@@ -20,7 +20,7 @@ from bodycam_ros.core.upload.backends import S3_MIN_PART, Backend, key_join
 from bodycam_ros.core.upload.errors import (BucketMissingError, Cancelled, CredentialsError,
                                             UploadError, VerifyError)
 from bodycam_ros.core.upload.multipart import FileDigest, Transfer, UploadState, verify_remote
-from bodycam_ros.core.upload.proxy import ProxyError, make_proxy
+from bodycam_ros.core.upload.proxy import ProxyJob
 from bodycam_ros.core.upload.queue import (RECORD, Incident, SpoolScan, atomic_write_json,
                                            prune_incident, safe_component, scan_spool)
 from bodycam_ros.core.upload.throttle import Backoff, RateLimiter, RateMeter
@@ -28,6 +28,10 @@ from bodycam_ros.core.upload.throttle import Backoff, RateLimiter, RateMeter
 MiB = 1024 * 1024
 PROXY_NAME = 'proxy.mp4'
 VIDEO_NAME = 'video.mp4'
+
+
+class _ProxyReady(Exception):
+    """The proxy finished transcoding: send it before the next evidence part."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ class UploadStatus:
 
 @dataclass(frozen=True)
 class UploadEvent:
-    kind: str            # verified|object|proxy|error|warning|invalid|deleted|yield
+    kind: str  # verified|object|proxy|proxy_ready|error|warning|invalid|deleted|yield
     incident_id: str
     message: str
 
@@ -135,6 +139,7 @@ class Uploader:
         self._retry_at: dict[str, float] = {}
         self._incident_failures: dict[str, int] = {}
         self._reported_invalid: set[str] = set()
+        self._proxy_jobs: dict[str, ProxyJob] = {}
         self._pending_base = 0
         self._current_done = 0
         self._poll_s = config.poll_s
@@ -299,42 +304,64 @@ class Uploader:
         work = self.config.evidence_dir / 'upload' / safe_component(inc.path.name)
         state = UploadState(work, self.backend.url)
         prefix = inc.key_prefix(self.key_prefix)
-        objects: list[tuple[str, Path]] = []
-        proxy_error = ''
-        names = {f.name for f in inc.files}
-        if self.config.proxy and VIDEO_NAME in names and PROXY_NAME not in names:
-            proxy_path = work / PROXY_NAME
-            if not proxy_path.is_file():
-                self._set(state='proxy', current_incident=inc.incident_id)
-                try:
-                    info = make_proxy(inc.path / VIDEO_NAME, proxy_path,
-                                      self.config.proxy_height, stop=self._stop)
-                    self._emit('proxy', inc.incident_id, f'{info.width}x{info.height} '
-                               f'{info.duration_s:.0f} s, {info.size / 1e6:.1f} MB')
-                except ProxyError as exc:
-                    proxy_error = str(exc)
-                    self._emit('warning', inc.incident_id, f'no proxy: {exc}')
-            if proxy_path.is_file():
-                objects.append((PROXY_NAME, proxy_path))
-        objects += [(f.name, f.path) for f in inc.files]
+        job = self._proxy_job(inc, work)
+        evidence = [(f.name, f.path) for f in inc.files]
         with self._lock:
             self._current_done = 0
         self._set(state='uploading', current_incident=inc.incident_id)
 
         digests: dict[str, FileDigest] = {}
-        for name, path in objects:
+        current = ['']
+
+        def check_yield() -> None:
+            self._check_yield(inc)
+            if job is not None and job.ready and PROXY_NAME not in digests and \
+                    current[0] != PROXY_NAME:
+                raise _ProxyReady()
+
+        while True:
+            todo = [(PROXY_NAME, job.dst)] if job is not None and job.ready and \
+                PROXY_NAME not in digests else []
+            todo += [(n, p) for n, p in evidence if n not in digests]
+            if not todo:
+                if job is None or job.done:
+                    break
+                self._set(state='proxy')          # evidence is up; the transcode is not
+                job.wait(0.2)
+                self._check_yield(inc)
+                continue
+            name, path = todo[0]
+            current[0] = name
+            if name == PROXY_NAME and job is not None and job.info is not None:
+                info = job.info
+                self._emit('proxy', inc.incident_id, f'{info.width}x{info.height} '
+                           f'{info.duration_s:.0f} s, {info.size / 1e6:.1f} MB, transcoded in '
+                           f'{job.seconds:.1f} s')
             transfer = Transfer(
                 backend=self.backend, key=key_join(prefix, name), path=path, state=state,
                 name=name, part_size=self.config.part_size,
                 multipart_threshold=self.config.multipart_threshold, limiter=self._limiter,
                 on_progress=self._on_sent, on_confirmed=self._on_confirmed, stop=self._stop,
-                check_yield=lambda: self._check_yield(inc),
-                metadata={'incident': inc.incident_id})
-            digests[name] = transfer.run()
-            self._emit('object', inc.incident_id,
-                       f'{self.backend.object_url(key_join(prefix, name))} '
-                       f'({digests[name].size} bytes)')
+                check_yield=check_yield, metadata={'incident': inc.incident_id})
+            try:
+                digests[name] = transfer.run()
+            except _ProxyReady:
+                continue                           # the proxy goes first, then this resumes
+            url = self.backend.object_url(key_join(prefix, name))
+            self._emit('object', inc.incident_id, f'{url} ({digests[name].size} bytes)')
+            if name == PROXY_NAME:
+                # Administration watches the proxy long before the evidence is all up:
+                # say so only once the store holds exactly these bytes.
+                why = verify_remote(self.backend.head(key_join(prefix, name)), digests[name],
+                                    path, self.backend.computes_sha256)
+                if not why:
+                    self._emit('proxy_ready', inc.incident_id, f'viewable at {url}')
             self._check_yield(inc)
+        proxy_error = job.error if job is not None else ''
+        if proxy_error and proxy_error != 'cancelled':
+            self._emit('warning', inc.incident_id, f'no proxy: {proxy_error}')
+        objects = [(n, p) for n, p in [(PROXY_NAME, job.dst if job else Path())] + evidence
+                   if n in digests]
 
         self._set(state='verifying')
         record_objects: dict[str, dict[str, Any]] = {}
@@ -350,7 +377,7 @@ class Uploader:
             record_objects[name] = {'key': key, 'size': remote.size,
                                     'sha256': digests[name].sha256, 'etag': remote.etag,
                                     'checksum_sha256': remote.checksum_sha256}
-        proxy_record = record_objects.pop(PROXY_NAME, None) if PROXY_NAME not in names else None
+        proxy_record = record_objects.pop(PROXY_NAME, None) if job is not None else None
         mismatch = sorted(n for n, d in digests.items()
                           if n in inc.manifest_sha256 and inc.manifest_sha256[n] != d.sha256)
         if mismatch:
@@ -371,6 +398,7 @@ class Uploader:
         }
         atomic_write_json(inc.path / RECORD, record)
         state.clear()
+        self._proxy_jobs.pop(inc.path.name, None)
         self._verified_ids.add(inc.path.name)
         self._verified_at[inc.path.name] = verified_at
         with self._lock:
@@ -386,6 +414,18 @@ class Uploader:
         return record
 
     # ------------------------------------------------------------------ helpers
+    def _proxy_job(self, inc: Incident, work: Path) -> ProxyJob | None:
+        """The incident's transcode, started once (kept across attempts and pre-emptions)."""
+        names = {f.name for f in inc.files}
+        if not self.config.proxy or VIDEO_NAME not in names or PROXY_NAME in names:
+            return None
+        job = self._proxy_jobs.get(inc.path.name)
+        if job is None or (job.done and job.error == 'cancelled'):
+            job = ProxyJob(inc.path / VIDEO_NAME, work / PROXY_NAME, self.config.proxy_height,
+                           stop=self._stop)
+            self._proxy_jobs[inc.path.name] = job
+        return job
+
     def _ensure_checked(self) -> None:
         if self._checked:
             return
