@@ -8,6 +8,7 @@ missing or unplugged is an ERROR diagnostic and is retried every ``retry_s``; th
 """
 from __future__ import annotations
 
+import array
 import sys
 import threading
 import time
@@ -207,7 +208,8 @@ class CameraNode(Node):
         self.encoded += 1
         self.keyframes += au.is_keyframe
         stamp = stamp_of(t)
-        msg = CompressedImage(format='h264', data=au.data)
+        # array.array, not bytes: rclpy checks a bytes value byte by byte in Python.
+        msg = CompressedImage(format='h264', data=array.array('B', au.data))
         msg.header = Header(stamp=stamp, frame_id=self._p['frame_id'])
         if not self._safe_publish(self._pub_h264, msg):
             return False
@@ -224,7 +226,7 @@ class CameraNode(Node):
     def _publish_raw(self, frame: np.ndarray, stamp: Time) -> None:
         h, w = frame.shape[:2]
         msg = Image(height=h, width=w, encoding='bgr8', is_bigendian=0, step=w * 3,
-                    data=frame.tobytes())
+                    data=array.array('B', frame.tobytes()))
         msg.header = Header(stamp=stamp, frame_id=self._p['frame_id'])
         self._safe_publish(self._pub_raw, msg)
 
