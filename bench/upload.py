@@ -89,8 +89,8 @@ def main() -> int:
     s3 = S3Server()
     link = FaultProxy(('127.0.0.1', s3.port), rate_bps=rate)
     try:
-        print(f'link: {args.rate_mbit:g} Mbit/s = {rate / 1e6:.3f} MB/s (loopback proxy in front of '
-              'moto in server mode)', flush=True)
+        print(f'link: {args.rate_mbit:g} Mbit/s = {rate / 1e6:.3f} MB/s (loopback proxy in front '
+              'of moto in server mode)', flush=True)
 
         # -- 1. goodput: one incident, one large file in 8 MiB parts -------------------------
         s3.create_bucket('goodput')

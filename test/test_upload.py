@@ -281,3 +281,18 @@ def test_unwritable_bucket_is_a_bucket_error(tmp_path: Path):
     (tmp_path / 'file').write_text('x')
     with pytest.raises(BucketMissingError, match='cannot create'):
         FileBackend(tmp_path / 'file' / 'bucket').check()
+
+
+def test_a_damaged_state_file_costs_a_retry_not_the_incident(tmp_path: Path):
+    ev = tmp_path / 'evidence'
+    make_incident(ev, 'inc')
+    work = ev / 'upload' / 'inc'
+    work.mkdir(parents=True)
+    (work / 'state.json').write_text(json.dumps({'bucket': f'file://{tmp_path / "bucket"}',
+                                                 'objects': {'video.mp4': {'digest': 7}}}))
+    events = []
+    up = create_uploader(f'file://{tmp_path / "bucket"}', ev, on_event=events.append,
+                         base_backoff_s=0.01, max_backoff_s=0.05)
+    assert up.drain().ok
+    assert any('state reset' in e.message for e in events if e.kind == 'error')
+    assert (ev / 'spool' / 'inc' / 'upload.json').is_file()

@@ -56,7 +56,8 @@ def expected_objects(ev: Path, prefix: str = '') -> dict[str, bytes]:
 
 
 def cli(ev: Path, bucket: str, endpoint: str, access: str = ACCESS_KEY,
-        secret: str = SECRET_KEY, **popen) -> list[str] | subprocess.Popen:
+        secret: str = SECRET_KEY) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of ``bodycam upload --once`` for a loopback endpoint."""
     argv = [sys.executable, '-m', 'bodycam_ros.cli', 'upload', '--once', '--no-proxy',
             '--bucket', f's3://{bucket}', '--endpoint-url', endpoint, '--region', REGION,
             '--evidence-dir', str(ev), '--part-size', '5', '--max-backoff', '1', '--retries', '3']

@@ -27,7 +27,8 @@ class RateLimiter:
             stall is not followed by a burst far above the cap.
     """
 
-    def __init__(self, bps: float, burst_s: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, bps: float, burst_s: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.bps = float(bps)
         self._capacity = max(self.bps * burst_s, CHUNK)
         self._tokens = self._capacity

@@ -18,7 +18,7 @@ from typing import Any
 
 from bodycam_ros.core.upload.backends import S3_MIN_PART, Backend, key_join
 from bodycam_ros.core.upload.errors import (BucketMissingError, Cancelled, CredentialsError,
-                                            UploadError, VerifyError)
+                                            LocalError, UploadError, VerifyError)
 from bodycam_ros.core.upload.multipart import FileDigest, Transfer, UploadState, verify_remote
 from bodycam_ros.core.upload.proxy import ProxyJob
 from bodycam_ros.core.upload.queue import (RECORD, Incident, SpoolScan, atomic_write_json,
@@ -252,7 +252,15 @@ class Uploader:
                 continue
             inc = ready[0]
             try:
-                self.upload_incident(inc)
+                try:
+                    self.upload_incident(inc)
+                except OSError as exc:          # the local disk: state, record, proxy file
+                    raise LocalError(f'local I/O error: {exc}') from exc
+                except (KeyError, TypeError, ValueError) as exc:
+                    # A damaged state.json (or a bug): start this incident afresh; the
+                    # store is asked what it already holds, so nothing is lost or doubled.
+                    UploadState(self._work_dir(inc), self.backend.url).clear()
+                    raise LocalError(f'internal error, state reset: {exc!r}') from exc
             except Cancelled:
                 continue      # stop requested (checked above) or yielded to an urgent one
             except UploadError as exc:
@@ -301,7 +309,7 @@ class Uploader:
             Cancelled: asked to stop, or a more urgent incident arrived.
         """
         self._ensure_checked()
-        work = self.config.evidence_dir / 'upload' / safe_component(inc.path.name)
+        work = self._work_dir(inc)
         state = UploadState(work, self.backend.url)
         prefix = inc.key_prefix(self.key_prefix)
         job = self._proxy_job(inc, work)
@@ -414,6 +422,9 @@ class Uploader:
         return record
 
     # ------------------------------------------------------------------ helpers
+    def _work_dir(self, inc: Incident) -> Path:
+        return self.config.evidence_dir / 'upload' / safe_component(inc.path.name)
+
     def _proxy_job(self, inc: Incident, work: Path) -> ProxyJob | None:
         """The incident's transcode, started once (kept across attempts and pre-emptions)."""
         names = {f.name for f in inc.files}
