@@ -26,6 +26,8 @@ MiB = 1024 * 1024
 class UploaderNode(Node):
     def __init__(self, **kw) -> None:
         super().__init__('uploader', **kw)
+        self._log = self.get_logger()          # swapped for a plain logger on shutdown
+        self._last_log: dict[str, float] = {}
         evidence_dir = declare(self, 'evidence_dir', 'var/evidence',
                                'evidence directory; sealed incidents are in <dir>/spool')
         bucket = declare(self, 'bucket', 'file://var/bucket',
@@ -77,7 +79,6 @@ class UploaderNode(Node):
         self.create_subscription(DiagnosticStatus, 'recorder/status', self._on_recorder,
                                  SENSOR_QOS)
         self._recorder_key: tuple[str, str] | None = None
-        self._last_log: dict[str, float] = {}
         self.create_timer(1.0, self._publish)
         self._uploader.start()
         self.get_logger().info(f'uploading {Path(evidence_dir) / "spool"} to {self._bucket} '
@@ -111,9 +112,9 @@ class UploaderNode(Node):
             if now - self._last_log.get(text, -1e9) < 30.0:
                 return
             self._last_log[text] = now
-            (self.get_logger().error if e.kind == 'error' else self.get_logger().warning)(text)
+            (self._log.error if e.kind == 'error' else self._log.warning)(text)
         elif e.kind in ('verified', 'deleted', 'yield', 'proxy_ready'):
-            self.get_logger().info(f'{e.kind} {text}')
+            self._log.info(f'{e.kind} {text}')
 
     def _publish(self) -> None:
         st = self._uploader.status()
@@ -145,6 +146,7 @@ class UploaderNode(Node):
         """On shutdown: upload what the recorder seals as it stops, then stop the worker."""
         # The context may be shut down already: log without the /rosout publisher.
         log = rclpy.logging.get_logger(f'{self.get_name()}_shutdown')
+        self._log = log
         if self._drain_s > 0:
             log.info(f'stopping: uploading what is sealed for up to '
                                    f'{self._drain_s:g} s')

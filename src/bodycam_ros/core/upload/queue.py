@@ -251,6 +251,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)        # like the evidence files beside it (mkstemp gives 0600)
         with os.fdopen(fd, 'w') as f:
             json.dump(data, f, indent=1, sort_keys=True)
             f.write('\n')
