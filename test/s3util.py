@@ -311,6 +311,7 @@ class FaultProxy:
             except OSError:
                 client.close()
                 continue
+            server.settimeout(None)     # a slow link may keep a reply waiting a long time
             with self._lock:
                 self.connections += 1
             conn = _Conn(client, server)

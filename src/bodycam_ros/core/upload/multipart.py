@@ -197,6 +197,17 @@ class UploadState:
     def clear(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
+    def reset(self) -> None:
+        """Forget everything but remember that objects may already be in the store, so the
+        next attempt asks the store first instead of sending blindly."""
+        self.data = {'bucket': self.bucket, 'objects': {}, 'careful': True}
+        self.objects = self.data['objects']
+        self.save()
+
+    @property
+    def careful(self) -> bool:
+        return bool(self.data.get('careful'))
+
 
 @dataclass
 class Transfer:
@@ -238,7 +249,7 @@ class Transfer:
                 and cached['part_size'] == self.part_size and obj.get('key') == self.key:
             return FileDigest.from_json(cached)
         digest = digest_file(self.path, self.part_size, self.stop)
-        self._fresh = True
+        self._fresh = not self.state.careful
         old_id = obj.get('upload_id')
         if old_id:
             try:

@@ -259,7 +259,7 @@ class Uploader:
                 except (KeyError, TypeError, ValueError) as exc:
                     # A damaged state.json (or a bug): start this incident afresh; the
                     # store is asked what it already holds, so nothing is lost or doubled.
-                    UploadState(self._work_dir(inc), self.backend.url).clear()
+                    UploadState(self._work_dir(inc), self.backend.url).reset()
                     raise LocalError(f'internal error, state reset: {exc!r}') from exc
             except Cancelled:
                 continue      # stop requested (checked above) or yielded to an urgent one
