@@ -55,11 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     from bodycam_ros import bringup
 
     cfg = ROOT / 'config' / 'sim.yaml'
-    procs = [subprocess.Popen(bringup.node_argv('holster', cfg, '', {'source': 'sim'}),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT),
-             subprocess.Popen(bringup.node_argv('trigger_fusion', cfg, '',
-                                                {'holster_clear_s': 0.0}),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)]
+    work = Path(tempfile.mkdtemp(prefix='bodycam-bench-'))
+    overrides = {'holster': {'source': 'sim'}, 'trigger_fusion': {'holster_clear_s': 0.0}}
+    procs = [subprocess.Popen(
+        bringup.node_argv(name, [cfg, bringup.write_overrides(work / f'{name}.yaml', extra,
+                                                              [name])]),
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        for name, extra in overrides.items()]
     try:
         return run(args, procs)
     finally:

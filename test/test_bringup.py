@@ -36,8 +36,21 @@ def test_run_brings_up_every_node_at_its_rate(start_process, tmp_path: Path):
         assert 0.8 <= float(r['gps']) <= 1.2, r         # 1 Hz receiver
         assert r['holster'] in ('holstered', 'DRAWN'), r
     assert 'unclean exits' not in out
+    # --evidence-dir reached the recorder (it wins over the config file): the device key
+    # is made on its first start.
+    assert (tmp_path / 'evidence' / 'keys' / 'device_ed25519.pub').is_file()
     logs = list((tmp_path / 'logs').glob('*.log'))
     assert {p.stem for p in logs} == set(bringup.NODES)
+
+
+def test_overrides_win_over_the_config_file(tmp_path: Path):
+    import yaml
+    path = bringup.write_overrides(tmp_path / 'o.yaml', {'bucket': 'file:///x'}, ['uploader'])
+    assert yaml.safe_load(path.read_text()) == \
+        {'/**/uploader': {'ros__parameters': {'bucket': 'file:///x'}}}
+    argv = bringup.node_argv('uploader', [Path('a.yaml'), path], 'unit_a')
+    assert argv[-6:] == ['--params-file', 'a.yaml', '--params-file', str(path),
+                         '-r', '__ns:=/unit_a']
 
 
 def test_ctrl_c_stops_every_node_cleanly(tmp_path: Path):

@@ -56,7 +56,8 @@ class Probe(Node):
 
 
 @pytest.mark.slow
-def test_patrol_fires_every_trigger_in_order_then_the_alert(ctx, executor, start_process):
+def test_patrol_fires_every_trigger_in_order_then_the_alert(ctx, executor, start_process,
+                                                            tmp_path):
     start = time.time() - SKIP_S
     probe = Probe(ctx, start)        # listening before the graph starts, like the recorder
     executor.add_node(probe)
@@ -66,7 +67,9 @@ def test_patrol_fires_every_trigger_in_order_then_the_alert(ctx, executor, start
         extra = dict(overrides)
         if name == 'trigger_fusion':
             extra.update(down_hold_s=DOWN_HOLD_S, dismiss_s=DISMISS_S, officer_id='officer-17')
-        argv = bringup.node_argv(name, ROOT / 'config' / 'sim.yaml', '', extra)
+        files = [ROOT / 'config' / 'sim.yaml',
+                 bringup.write_overrides(tmp_path / f'{name}.yaml', extra, [name])]
+        argv = bringup.node_argv(name, files)
         procs[name] = start_process(argv[2], *argv[3:])
 
     patrol = scenario.PATROL

@@ -26,25 +26,32 @@ def available_nodes(names: Sequence[str] = NODES) -> list[str]:
     return [n for n in names if importlib.util.find_spec(f'bodycam_ros.nodes.{n}_node')]
 
 
-def node_argv(name: str, params_file: Path, namespace: str = '',
-              overrides: Mapping[str, object] | None = None) -> list[str]:
-    """The command line that starts one node, as ``ros2 run`` plus launch arguments would."""
-    argv = [sys.executable, '-m', f'bodycam_ros.nodes.{name}_node', '--ros-args',
-            '--params-file', str(params_file)]
+def node_argv(name: str, params_files: Sequence[Path], namespace: str = '') -> list[str]:
+    """The command line that starts one node, as ``ros2 run`` plus launch arguments would.
+
+    Later params files win, so the run's overrides file goes last.
+    """
+    argv = [sys.executable, '-m', f'bodycam_ros.nodes.{name}_node', '--ros-args']
+    for path in params_files:
+        argv += ['--params-file', str(path)]
     if namespace:
         argv += ['-r', f'__ns:=/{namespace.strip("/")}']
-    for key, value in (overrides or {}).items():
-        argv += ['-p', f'{key}:={_param_literal(value)}']
     return argv
 
 
-def _param_literal(value: object) -> str:
-    if isinstance(value, bool):
-        return 'true' if value else 'false'
-    if isinstance(value, str):
-        # YAML-quote so '1.5' or 'true' stay strings and ':' survives.
-        return "'" + value.replace("'", "''") + "'"
-    return repr(value)
+def write_overrides(path: Path, overrides: Mapping[str, object],
+                    names: Sequence[str] = NODES) -> Path:
+    """Write run-time overrides as a params file with a section per node.
+
+    A ``-p key:=value`` on the command line is a wildcard and loses to a ``/**/<node>``
+    section of the config that sets the same key; a node-keyed section in a later params
+    file wins, under any namespace.
+    """
+    import yaml
+    doc = {f'/**/{name}': {'ros__parameters': dict(overrides)} for name in names}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(doc, sort_keys=True))
+    return path
 
 
 @dataclass

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -69,11 +70,12 @@ def main(args: argparse.Namespace) -> int:
     if args.dispatch_webhook is not None:
         overrides['dispatch_webhook'] = args.dispatch_webhook
 
-    import os
     log_dir = args.log_dir or Path(os.environ.get('ROS_HOME', Path.home() / '.ros')) / \
         'bodycam' / time.strftime('%Y%m%d-%H%M%S')
-    children = [bringup.Child(n, bringup.node_argv(n, Path(params), args.namespace, overrides))
-                for n in names]
+    files = [Path(params)]
+    if overrides:
+        files.append(bringup.write_overrides(log_dir / 'overrides.yaml', overrides, names))
+    children = [bringup.Child(n, bringup.node_argv(n, files, args.namespace)) for n in names]
     sup = bringup.Supervisor(children, log_dir=log_dir)
     print(f'bodycam: starting {", ".join(names)} (config {params}, logs {log_dir})', flush=True)
     if 'live_view' in names:
