@@ -51,6 +51,7 @@ class Monitor(Node):
         self.weapon_drawn: bool | None = None
         self.triggers: dict[str, int] = {}
         self.recorder: DiagnosticStatus | None = None
+        self.uploader: dict[str, str] = {}
         self.last_fix: NavSatFix | None = None
         self._events: list[str] = []
         self.create_subscription(Bool, 'holster/weapon_drawn', self._on_holster, LATCHED_QOS)
@@ -60,6 +61,8 @@ class Monitor(Node):
         self.create_subscription(DiagnosticStatus, 'recorder/status', self._on_recorder,
                                  SENSOR_QOS)
         self.create_subscription(NavSatFix, 'gps/fix', self._on_fix, SENSOR_QOS)
+        self.create_subscription(DiagnosticStatus, 'uploader/status', self._on_uploader,
+                                 LATCHED_QOS)
 
     def _on_holster(self, msg: Bool) -> None:
         if msg.data != self.weapon_drawn:
@@ -85,6 +88,16 @@ class Monitor(Node):
             self._events.append(f'recorder: {msg.message}')
         self.recorder = msg
 
+    def _on_uploader(self, msg: DiagnosticStatus) -> None:
+        values = {kv.key: kv.value for kv in msg.values}
+        if values.get('verified_total') != self.uploader.get('verified_total') and \
+                values.get('verified_total', '0') != '0':
+            self._events.append(f'uploader: {values["verified_total"]} incident(s) verified in '
+                                f'{values.get("bucket", "the bucket")}')
+        if values.get('last_error') and values['last_error'] != self.uploader.get('last_error'):
+            self._events.append(f'uploader: {values["last_error"]}')
+        self.uploader = values
+
     def _on_fix(self, msg: NavSatFix) -> None:
         self.last_fix = msg
 
@@ -100,4 +113,6 @@ class Monitor(Node):
         parts.append('triggers ' + (','.join(active) if active else 'none'))
         if self.recorder is not None:
             parts.append(f'recorder {self.recorder.message}')
+        if self.uploader:
+            parts.append(f'upload queue {self.uploader.get("queue_length", "?")}')
         return ' | '.join(parts)
