@@ -16,7 +16,6 @@ from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import TwistStamped
-from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.node import Node
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage, Imu, NavSatFix
@@ -100,10 +99,7 @@ class RecorderNode(Node):
     # -- parameters --------------------------------------------------------------------------
     def _declare_all(self) -> dict:
         def d(name, default, description, **kw):
-            try:
-                return declare(self, name, default, description, **kw)
-            except InvalidParameterTypeException as exc:
-                raise ParameterError(f'parameter {self.get_name()}.{name}: {exc}') from exc
+            return declare(self, name, default, description, **kw)
 
         p = {
             'evidence_dir': d('evidence_dir', 'var/evidence', 'where recording/, spool/ and '

@@ -23,7 +23,6 @@ import uuid
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TwistStamped
-from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.node import Node
 from sensor_msgs.msg import Imu, NavSatFix, NavSatStatus
 from std_msgs.msg import Bool
@@ -105,10 +104,7 @@ class TriggerFusionNode(Node):
 
     def _declare_all(self) -> dict:
         def d(name, default, description, **kw):
-            try:
-                return declare(self, name, default, description, **kw)
-            except InvalidParameterTypeException as exc:
-                raise ParameterError(f'parameter {self.get_name()}.{name}: {exc}') from exc
+            return declare(self, name, default, description, **kw)
 
         return {
             'radius_m': d('radius_m', ONE_MILE_M, 'dispatch proximity radius [m]',
