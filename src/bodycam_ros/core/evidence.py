@@ -14,9 +14,13 @@ import base64
 import hashlib
 import json
 import os
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bodycam_ros.core.fsio import append_durable, fsync_dir, write_atomic
 
 KEY_NAME = 'device_ed25519'
 MANIFEST = 'manifest.json'
@@ -53,29 +57,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
             h.update(block)
             size += len(block)
     return h.hexdigest(), size
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write-to-temp, fsync, rename, fsync the directory: the file is whole or absent."""
-    tmp = path.with_name(f'.{path.name}.tmp')
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- the device key ----------------------------------------------------------------------------
@@ -451,3 +432,20 @@ def _check_chain(report: Report, head: ChainHead | None, pruned: list[dict[str, 
         if not chk.signature_valid and seq in vouched and manifest in chk.bad_files and \
                 not any(e.startswith(MANIFEST) for e in chk.errors):
             chk.bad_files.remove(manifest)
+
+
+def prune_incident(root: Path, path: Path, incident_id: str, sequence: Any,
+                   manifest_sha256: str) -> None:
+    """Delete one incident directory under the evidence root ``root``, chain first.
+
+    Its chain link goes to ``pruned.jsonl`` (fsync) before anything is deleted, so the chain
+    of what remains still verifies; the directory is then renamed out of every reader's sight
+    and removed. Callers decide *whether* (only incidents verified in the bucket).
+    """
+    line = json.dumps({'incident_id': incident_id, 'sequence': sequence,
+                       'manifest_sha256': manifest_sha256, 'pruned_time': time.time()},
+                      sort_keys=True) + '\n'
+    append_durable(root / PRUNED_LOG, line.encode())
+    trash = path.parent / f'.pruning-{path.name}'
+    os.replace(path, trash)
+    shutil.rmtree(trash)

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from bodycam_ros.core.fsio import fsync_dir
+
 __all__ = ['Backoff', 'Courier', 'CourierStats', 'DeliveryError', 'Event', 'Outbox',
            'OutboxError', 'Transport', 'WebhookTransport']
 
@@ -44,14 +46,6 @@ class Event:
     def payload(self) -> bytes:
         return json.dumps({**self.body, 'event_id': self.event_id, 'seq': self.seq,
                            'type': self.kind}, sort_keys=True).encode()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Outbox:
@@ -115,7 +109,7 @@ class Outbox:
                     f.flush()
                     os.fsync(f.fileno())
                 os.replace(tmp, path)
-                _fsync_dir(self._pending_dir)
+                fsync_dir(self._pending_dir)
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 raise OutboxError(f'cannot store event {kind} in {self.dir}: {exc}') from exc

@@ -249,19 +249,7 @@ class EvidenceStore:
             if not inc.uploaded:
                 continue
             sha = ev.sha256_bytes((inc.path / ev.MANIFEST).read_bytes())
-            line = json.dumps({'incident_id': inc.incident_id, 'sequence': inc.sequence,
-                               'manifest_sha256': sha, 'pruned_time': time.time()},
-                              sort_keys=True) + '\n'
-            fd = os.open(self.root / ev.PRUNED_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                         0o644)
-            try:
-                os.write(fd, line.encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            trash = self.spool / f'.pruning-{inc.incident_id}'
-            os.replace(inc.path, trash)   # out of the uploader's sight at once
-            shutil.rmtree(trash)
+            ev.prune_incident(self.root, inc.path, inc.incident_id, inc.sequence, sha)
             removed.append(inc.incident_id)
         return removed
 

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 from bodycam_ros.core.upload.errors import (BucketMissingError, Cancelled, CredentialsError,
                                             TransientError, UploadError, UploadGone, VerifyError)
-from bodycam_ros.core.upload.queue import fsync_dir, safe_component
+from bodycam_ros.core.fsio import fsync_dir
+from bodycam_ros.core.upload.queue import safe_component
 from bodycam_ros.core.upload.throttle import CHUNK
 
 MiB = 1024 * 1024
@@ -190,7 +191,7 @@ class FileBackend:
                 raise VerifyError(f'{key}: copied {written} bytes with a different SHA-256 '
                                   f'than the {size} bytes read before (file changed?)')
             os.replace(tmp, dst)
-            fsync_dir(dst.parent)
+            fsync_dir(dst.parent, best_effort=True)
         except OSError as exc:
             raise TransientError(f'{self.url}: writing {key}: {exc.strerror}') from None
         finally:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from bodycam_ros.core import evidence as ev
+from bodycam_ros.core.fsio import write_atomic
 
 #: Trigger reasons whose incidents jump the queue (officer down, weapon drawn).
 URGENT_REASONS = frozenset({'officer_down', 'holster'})
@@ -205,11 +205,6 @@ def scan_spool(evidence_dir: Path, skip: Iterable[str] = ()) -> SpoolScan:
     return scan
 
 
-#: The evidence directory's log of deleted incidents (shared with the recorder's disk policy):
-#: one JSON line per deletion keeps the hash chain of what remains verifiable.
-PRUNED_LOG = 'pruned.jsonl'
-
-
 def prune_incident(evidence_dir: Path, name: str) -> bool:
     """Delete a verified incident's local copy, logging its chain link first.
 
@@ -218,7 +213,6 @@ def prune_incident(evidence_dir: Path, name: str) -> bool:
     sight, then remove it. Returns False (and deletes nothing) unless ``upload.json`` says
     verified.
     """
-    import hashlib
     path = evidence_dir / 'spool' / name
     if not is_verified(path):
         return False
@@ -227,54 +221,14 @@ def prune_incident(evidence_dir: Path, name: str) -> bool:
         manifest = json.loads(body)
     except (OSError, ValueError):
         return False
-    line = json.dumps({'incident_id': manifest.get('incident_id', name),
-                       'sequence': manifest.get('sequence'),
-                       'manifest_sha256': hashlib.sha256(body).hexdigest(),
-                       'pruned_time': time.time()}, sort_keys=True) + '\n'
-    fd = os.open(evidence_dir / PRUNED_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    trash = path.parent / f'.pruning-{name}'
-    os.replace(path, trash)
-    shutil.rmtree(trash)
+    ev.prune_incident(evidence_dir, path, manifest.get('incident_id', name),
+                      manifest.get('sequence'), ev.sha256_bytes(body))
     return True
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON so a reader (or a power cut) sees the old file or the new one, never half.
-
-    temp file in the same directory, fsync, rename over, fsync the directory.
-    """
+    """Write JSON whole or not at all (``upload.json``, multipart state), mode 0644 like the
+    evidence files beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)        # like the evidence files beside it (mkstemp gives 0600)
-        with os.fdopen(fd, 'w') as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write('\n')
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    text = json.dumps(data, indent=1, sort_keys=True) + '\n'
+    write_atomic(path, text.encode(), best_effort_dir_sync=True)
