@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Debian packages the tests use as real peers: ffmpeg/ffprobe (independent video reader),
-# gpsd + gpsfake (a real GPS daemon), chromium + chromedriver (a real browser).
+# gpsd + gpsfake (a real GPS daemon), chromium + chromedriver (a real browser),
+# age (an independent reader of the encrypted evidence).
 set -euo pipefail
 need=()
 command -v ffprobe >/dev/null || need+=(ffmpeg)
 command -v gpsfake >/dev/null || need+=(gpsd gpsd-clients)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v age >/dev/null || need+=(age)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO=sudo
