@@ -7,6 +7,7 @@ first and renamed into the spool, as the recorder seals.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -80,9 +81,19 @@ def make_incident(evidence_dir: Path, incident_id: str | None = None, *,
                   for n, d in files.items()},
         'prev_manifest_sha256': None, 'recovered': False,
     }
-    body = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    # As the recorder seals: canonical bytes, the device key named in the manifest and
+    # exported to keys/ (the uploader checks the signature before trusting any field).
+    from cryptography.hazmat.primitives import serialization as ser
+    from bodycam_ros.core import evidence as ev
+    pub = _signing_key().public_key()
+    manifest['device_public_key'] = base64.b64encode(
+        pub.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)).decode()
+    body = ev.canonical(manifest)
     (rec / 'manifest.json').write_bytes(body)
     (rec / 'manifest.sig').write_bytes(_signing_key().sign(body))
+    (evidence_dir / 'keys').mkdir(exist_ok=True)
+    (evidence_dir / 'keys' / f'{ev.KEY_NAME}.pub').write_bytes(pub.public_bytes(
+        ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo))
     spool = evidence_dir / 'spool'
     spool.mkdir(parents=True, exist_ok=True)
     os.rename(rec, spool / incident_id)
