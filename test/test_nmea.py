@@ -17,8 +17,8 @@ from conftest import shared_data
 
 from bodycam_ros.core.nmea import (CovarianceType, FixStatus, Gga, Gsa, Gst, NmeaChecksumError,
                                    NmeaError, NmeaFixAssembler, NmeaStats, Rmc,
-                                   UnsupportedSentence, Vtg, Zda, iter_fixes, parse_sentence,
-                                   position_covariance)
+                                   UnsupportedSentence, Vtg, Zda, checksum, iter_fixes,
+                                   parse_sentence, position_covariance)
 
 LOGS = ('bundg_zeus_9.log', 'haicom-305N.log', 'nl2008u.log', 'quectel-L70.log')
 
@@ -287,3 +287,76 @@ def test_position_covariance_model():
     assert position_covariance()[1] is CovarianceType.UNKNOWN
     with pytest.raises(ValueError, match='uere_m'):
         NmeaFixAssembler(uere_m=0.0)
+
+
+# --------------------------------------------------------------------------- issue 11 crashers
+
+GGA_AT = 'GPGGA,{},5230.0000,N,00520.0000,E,1,08,1.0,10.0,M,40.0,M,,'
+
+
+@pytest.mark.parametrize('year', ['99999', '9' * 30])
+def test_zda_year_out_of_range_is_malformed_and_later_epochs_still_work(year):
+    """A checksum-valid ZDA with year 99999 made every later GGA-only epoch raise."""
+    asm = NmeaFixAssembler()
+    lines = [with_checksum('GPZDA,120000.00,01,01,2024,,'),
+             with_checksum(GGA_AT.format('120000.00')),
+             with_checksum(GGA_AT.format('120001.00')),
+             with_checksum(f'GPZDA,120001.00,01,01,{year},00,00'),
+             with_checksum(GGA_AT.format('120002.00')),
+             with_checksum(GGA_AT.format('120003.00'))]
+    fixes = [f for line in lines for f in asm.feed(line)] + asm.flush()
+    assert asm.stats.malformed == 1 and 'ZDA' in asm.stats.last_error
+    assert [f.time for f in fixes] == [1704110400.0 + i for i in range(4)]
+
+
+@pytest.mark.parametrize('body', [
+    'GPZDA,120000.00,31,02,2024,,',          # 31 February
+    'GPRMC,120000.00,A,5230.0000,N,00520.0000,E,0.0,0.0,310224,,,A',
+])
+def test_impossible_calendar_date_is_malformed(body):
+    with pytest.raises(NmeaError, match='date'):
+        parse_sentence(with_checksum(body))
+
+
+@pytest.mark.parametrize('lines', [
+    # RMC says A but has no latitude; no GGA to fill in.
+    ['GPRMC,120000.00,A,,N,00520.0000,E,0.0,0.0,010124,,,A'],
+    # GGA-only epoch, quality 1, empty position.
+    ['GPZDA,115959.00,01,01,2024,,', 'GPGGA,115959.00,,,,,1,08,1.0,10.0,M,40.0,M,,',
+     'GPGGA,120000.00,,,,,1,08,1.0,10.0,M,40.0,M,,'],
+])
+def test_valid_status_never_comes_with_a_nan_position(lines):
+    fixes = list(iter_fixes([with_checksum(b) for b in lines]))
+    assert fixes and all(f.status is FixStatus.NO_FIX for f in fixes)
+
+
+@pytest.mark.parametrize('field', ['nan', 'inf', '-Infinity', '1e999', '1_0', ' 1'])
+def test_non_finite_or_non_nmea_numbers_are_malformed(field):
+    """float() reads 'nan', 'inf', '1e999' and '1_0': none of them is an NMEA number."""
+    with pytest.raises(NmeaError):
+        parse_sentence(with_checksum(f'GPGGA,120000.00,5230.0000,N,00520.0000,E,1,08,1.0,'
+                                     f'{field},M,40.0,M,,'))
+    with pytest.raises(NmeaError):
+        parse_sentence(with_checksum(f'GPRMC,120000.00,A,5230.{field},N,00520.0000,E,0.0,0.0,'
+                                     '010124,,,A'))
+
+
+def test_non_ascii_sentence_is_malformed():
+    """Digits from other scripts ('١٢٠٠٠٠', '²') pass str.isdigit() and int()."""
+    body = 'GPGGA,١٢٠٠٠٠,5230.0000,N,00520.0000,E,1,08,1.0,10.0,M,40.0,M,,'
+    with pytest.raises(NmeaError, match='ASCII'):   # the checksum the parser computes
+        parse_sentence(f'${body}*{checksum(body):02X}')
+
+
+def test_absurd_finite_errors_give_unknown_covariance_not_overflow():
+    """GST std 1e308 m: float ** 2 raised OverflowError out of feed()."""
+    big = '1' + '0' * 308   # finite; altitude + geoid separation is inf
+    fixes = list(iter_fixes([
+        with_checksum('GPRMC,120000.00,A,5230.0000,N,00520.0000,E,0.0,0.0,010124,,,A'),
+        with_checksum(f'GPGST,120000.00,1.0,1.0,1.0,0.0,{big},{big},{big}'),
+        with_checksum('GPRMC,120001.00,A,5230.0000,N,00520.0000,E,0.0,0.0,010124,,,A'),
+        with_checksum(f'GPGGA,120001.00,5230.0000,N,00520.0000,E,1,08,{big},{big},M,{big},M,,'),
+    ]))
+    assert len(fixes) == 2
+    assert all(f.covariance_type is CovarianceType.UNKNOWN for f in fixes)
+    assert math.isnan(fixes[1].alt) and fixes[1].status is FixStatus.FIX

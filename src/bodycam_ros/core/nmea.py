@@ -20,7 +20,9 @@ Position uncertainty, in this order:
 from __future__ import annotations
 
 import calendar
+import datetime
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -30,6 +32,13 @@ KMH_MPS = 1.0 / 3.6
 #: Default 1-sigma user equivalent range error [m] that turns HDOP into metres.
 DEFAULT_UERE_M = 4.0
 NAN = math.nan
+#: An NMEA number: optional sign, ASCII digits, optional fraction. float() alone would also
+#: take 'nan', 'inf', '1e999', '1_0' and ' 1', which no receiver sends.
+_NUMBER = re.compile(r'[+-]?(?:\d+(?:\.\d*)?|\.\d+)')
+_INTEGER = re.compile(r'[+-]?\d{1,9}')
+_DIGITS = re.compile(r'\d+')
+_TOD = re.compile(r'(\d\d)(\d\d)(\d\d(?:\.\d*)?)')
+_LATLON = re.compile(r'\d+(?:\.\d*)?')
 
 
 class NmeaError(ValueError):
@@ -156,6 +165,8 @@ def split_sentence(line: str) -> tuple[str, str, list[str]]:
         raise NmeaChecksumError(f'checksum {given!r} is not hex: {line[:40]!r}') from None
     if len(given) != 2 or checksum(body) != expected:
         raise NmeaChecksumError(f'checksum {given!r} != {checksum(body):02X}: {line[:40]!r}')
+    if not body.isascii():
+        raise NmeaError(f'non-ASCII characters in a sentence: {line[:40]!r}')
     fields = body.split(',')
     address = fields[0]
     if not address.isalnum() or not address.isascii():
@@ -166,20 +177,42 @@ def split_sentence(line: str) -> tuple[str, str, list[str]]:
 
 
 def _float(s: str) -> float:
-    return float(s) if s else NAN
+    """A decimal field; NaN when empty. Only finite plain decimals are NMEA numbers."""
+    if not s:
+        return NAN
+    if not _NUMBER.fullmatch(s):
+        raise NmeaError(f'bad number {s[:20]!r}')
+    v = float(s)
+    if not math.isfinite(v):
+        raise NmeaError(f'number out of range {s[:20]!r}')
+    return v
 
 
 def _int(s: str, default: int = -1) -> int:
-    return int(s) if s else default
+    if not s:
+        return default
+    if not _INTEGER.fullmatch(s):
+        raise NmeaError(f'bad integer {s[:20]!r}')
+    return int(s)
+
+
+def _calendar(y: int, m: int, d: int, text: object) -> tuple[int, int, int]:
+    """A real calendar day (no 31 February, no year 99999) or NmeaError."""
+    try:
+        datetime.date(y, m, d)
+    except (ValueError, OverflowError):
+        raise NmeaError(f'bad date {text!r}') from None
+    return y, m, d
 
 
 def _tod(s: str) -> float | None:
     """hhmmss[.sss] -> seconds since midnight; None when empty."""
     if not s:
         return None
-    if len(s) < 6 or not s[:6].isdigit():
-        raise NmeaError(f'bad time {s!r}')
-    h, m, sec = int(s[0:2]), int(s[2:4]), float(s[4:])
+    match = _TOD.fullmatch(s)
+    if match is None:
+        raise NmeaError(f'bad time {s[:20]!r}')
+    h, m, sec = int(match[1]), int(match[2]), float(match[3])
     if h > 23 or m > 59 or not 0 <= sec < 61:
         raise NmeaError(f'bad time {s!r}')
     return h * 3600 + m * 60 + sec
@@ -189,12 +222,10 @@ def _date(s: str) -> tuple[int, int, int] | None:
     """ddmmyy -> (year, month, day); two-digit years 80-99 are 19xx."""
     if not s:
         return None
-    if len(s) != 6 or not s.isdigit():
-        raise NmeaError(f'bad date {s!r}')
+    if len(s) != 6 or not _DIGITS.fullmatch(s):
+        raise NmeaError(f'bad date {s[:20]!r}')
     d, m, y = int(s[0:2]), int(s[2:4]), int(s[4:6])
-    if not (1 <= d <= 31 and 1 <= m <= 12):
-        raise NmeaError(f'bad date {s!r}')
-    return (1900 + y if y >= 80 else 2000 + y), m, d
+    return _calendar(1900 + y if y >= 80 else 2000 + y, m, d, s)
 
 
 def _coord(value: str, hemi: str, max_deg: int) -> float:
@@ -203,6 +234,8 @@ def _coord(value: str, hemi: str, max_deg: int) -> float:
         return NAN
     if hemi not in ('N', 'S', 'E', 'W'):
         raise NmeaError(f'bad hemisphere {hemi!r}')
+    if not _LATLON.fullmatch(value):
+        raise NmeaError(f'bad coordinate {value[:20]!r}')
     dot = value.find('.')
     split = (dot if dot >= 0 else len(value)) - 2
     if split < 1:
@@ -260,10 +293,12 @@ def _zda(talker: str, f: list[str]) -> Zda:
     _need(f, 4, 'ZDA')
     date = None
     if f[1] and f[2] and f[3]:
+        if not all(len(x) <= 4 and _DIGITS.fullmatch(x) for x in f[1:4]):
+            raise NmeaError(f'ZDA: bad date {[x[:8] for x in f[1:4]]}')
         d, m, y = int(f[1]), int(f[2]), int(f[3])
-        if not (1 <= d <= 31 and 1 <= m <= 12 and y >= 1980):
+        if y < 1980:
             raise NmeaError(f'ZDA: bad date {f[1:4]}')
-        date = (y, m, d)
+        date = _calendar(y, m, d, f'ZDA {f[1:4]}')
     return Zda(talker, _tod(f[0]), date)
 
 
@@ -285,9 +320,9 @@ def parse_sentence(line: str) -> Sentence:
         raise UnsupportedSentence(f'unsupported sentence {talker}{kind}')
     try:
         return parser(talker, fields)
-    except ValueError as exc:   # int()/float() on a garbled field
-        if isinstance(exc, NmeaError):
-            raise
+    except NmeaError:
+        raise
+    except (ValueError, OverflowError) as exc:   # a garbled field the checks above missed
         raise NmeaError(f'{talker}{kind}: {exc}') from None
 
 
@@ -345,15 +380,19 @@ def position_covariance(*, hdop: float = NAN, vdop: float = NAN, lat_std_m: floa
 
     See the module docstring for the model. Returns (9 values row-major, type).
     """
+    # x * x, not x ** 2: float ** raises OverflowError where * gives inf; an absurd value from
+    # a receiver must come out as UNKNOWN, not stop the stream.
     if not (math.isnan(lat_std_m) or math.isnan(lon_std_m)):
-        up = alt_std_m ** 2 if not math.isnan(alt_std_m) else (
-            2.0 * max(lat_std_m, lon_std_m)) ** 2
-        return _diag(lon_std_m ** 2, lat_std_m ** 2, up), CovarianceType.DIAGONAL_KNOWN
+        up_std = alt_std_m if not math.isnan(alt_std_m) else 2.0 * max(lat_std_m, lon_std_m)
+        cov = _diag(lon_std_m * lon_std_m, lat_std_m * lat_std_m, up_std * up_std)
+        if all(math.isfinite(v) for v in cov):
+            return cov, CovarianceType.DIAGONAL_KNOWN
     if not math.isnan(hdop) and hdop > 0.0:
-        horiz = (hdop * uere_m) ** 2 / 2.0
-        up = (vdop * uere_m) ** 2 if not math.isnan(vdop) and vdop > 0 else \
-            (2.0 * hdop * uere_m) ** 2
-        return _diag(horiz, horiz, up), CovarianceType.APPROXIMATED
+        h = hdop * uere_m
+        v = vdop * uere_m if not math.isnan(vdop) and vdop > 0 else 2.0 * h
+        cov = _diag(h * h / 2.0, h * h / 2.0, v * v)
+        if all(math.isfinite(x) for x in cov):
+            return cov, CovarianceType.APPROXIMATED
     return (0.0,) * 9, CovarianceType.UNKNOWN
 
 
@@ -517,9 +556,14 @@ class NmeaFixAssembler:
             lat, lon = gga.lat, gga.lon
         else:
             lat = lon = NAN
+        if not (math.isfinite(lat) and math.isfinite(lon)):
+            # "Valid" with an empty position field: nothing to navigate by.
+            status = FixStatus.NO_FIX
         alt_msl = gga.alt_msl if gga is not None else NAN
         sep = gga.geoid_sep if gga is not None else NAN
         alt = alt_msl + sep if not math.isnan(sep) else alt_msl
+        if not math.isfinite(alt):   # NaN: no altitude sent (NavSatFix's convention); or
+            alt = NAN                # two absurd finite fields summed to inf
         hdop = gsa.hdop if gsa is not None and not math.isnan(gsa.hdop) else (
             gga.hdop if gga is not None else NAN)
         vdop = gsa.vdop if gsa is not None else NAN
