@@ -14,6 +14,8 @@ COMMANDS = {
     'eval': 'run a detector over recorded IMU/GPS data and print JSON accuracy',
     'verify': 'check an incident or a whole spool: hashes, signature, hash chain',
     'upload': 'drain the evidence spool to a bucket and exit',
+    'agency': "the agency's keys and trust store: init, register, revoke, list (off the unit)",
+    'provision': "create this unit's signing key (key directory or PKCS#11 token)",
 }
 
 
