@@ -8,6 +8,7 @@ command -v ffprobe >/dev/null || need+=(ffmpeg)
 command -v gpsfake >/dev/null || need+=(gpsd gpsd-clients)
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+command -v softhsm2-util >/dev/null || need+=(softhsm2)
 command -v age >/dev/null || need+=(age)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
