@@ -212,3 +212,65 @@ def test_load_auto_sniffs_and_rejects_what_it_cannot_read(tmp_path: Path) -> Non
         load(junk, 'umafall')
     with pytest.raises(FileNotFoundError):
         load(tmp_path / 'missing.txt', 'sisfall')
+
+
+# --------------------------------------------------------------------------- issue 11 crashers
+
+def _uma_rows(src: Path) -> tuple[list[str], list[list[str]]]:
+    """(header lines, data rows split on ';') of a real UMAFall file."""
+    head, rows = [], []
+    for line in src.read_text(encoding='utf-8', errors='replace').splitlines():
+        if line.startswith('%') or not line.strip():
+            head.append(line)
+        else:
+            rows.append(line.rstrip(';').split(';'))
+    return head, rows
+
+
+def _write_uma(dst: Path, head: list[str], rows: list[list[str]]) -> Path:
+    dst.write_text('\n'.join(head + [';'.join(r) for r in rows]) + '\n')
+    return dst
+
+
+def test_umafall_gyro_and_accel_that_do_not_overlap_are_a_named_error(tmp_path: Path) -> None:
+    """The real waist tag with its gyro cut to after its accel: was IndexError."""
+    head, rows = _uma_rows(uma('walk'))
+    waist = [r for r in rows if r[6] == '2']
+    acc = [r for r in waist if r[5] == '0']
+    gyr = [r for r in waist if r[5] == '1']
+    mid = float(acc[len(acc) // 2][0])
+    keep = [r for r in acc if float(r[0]) < mid] + [r for r in gyr if float(r[0]) > mid + 500]
+    with pytest.raises(ImuFormatError, match='overlap'):
+        load_umafall(_write_uma(tmp_path / 'x.csv', head, keep))
+
+
+def test_umafall_duplicate_timestamps_are_a_named_error(tmp_path: Path) -> None:
+    """Every waist accel row on one timestamp: was ValueError (median of no intervals)."""
+    head, rows = _uma_rows(uma('walk'))
+    dup = [[rows[0][0]] + r[1:] for r in rows if r[6] == '2']
+    with pytest.raises(ImuFormatError, match='distinct'):
+        load_umafall(_write_uma(tmp_path / 'dup.csv', head, dup))
+
+
+@pytest.mark.parametrize('stamp', ['1e18', '-1e18', '9' * 30])
+def test_umafall_one_far_off_timestamp_is_dropped_and_counted(tmp_path: Path, stamp) -> None:
+    """One corrupted stamp (in accel and gyro) asked numpy for 149-447 GiB: now skipped."""
+    src = uma('fwd')
+    head, rows = _uma_rows(src)
+    for kind in ('0', '1'):
+        i = [k for k, r in enumerate(rows) if r[6] == '2' and r[5] == kind][40]
+        rows[i] = [stamp] + rows[i][1:]
+    rec, clean = load_umafall(_write_uma(tmp_path / 'far.csv', head, rows)), load_umafall(src)
+    assert rec.dropped_time == 2
+    assert rec.rate_hz == clean.rate_hz and abs(len(rec) - len(clean)) <= 1
+    n = min(len(rec), len(clean))
+    assert np.allclose(rec.accel[-n // 2:], clean.accel[-n // 2:])
+
+
+def test_umafall_grid_is_bounded_by_the_samples(tmp_path: Path) -> None:
+    """Two 1 kHz bursts 8 s apart: 8000 grid points made up from 900 samples is refused."""
+    head, rows = _uma_rows(uma('walk'))
+    acc = [r for r in rows if r[6] == '2' and r[5] == '0']
+    out = [[f'{k + (8000 if k >= len(acc) // 2 else 0)}'] + r[1:] for k, r in enumerate(acc)]
+    with pytest.raises(ImuFormatError, match='grid'):
+        load_umafall(_write_uma(tmp_path / 'bursts.csv', head, out))

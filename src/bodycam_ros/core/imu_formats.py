@@ -78,6 +78,14 @@ UMAFALL_SENSORS = {0: 'right trouser pocket phone', 1: 'chest', 2: 'waist', 3: '
                    4: 'ankle'}
 #: Sensor ids whose mounting gives a body frame (checked on the shared trials).
 UMAFALL_BODY_SENSORS = (1, 2, 4)
+#: A gap longer than this between two stamps of one stream splits it; the longest run is
+#: kept. The shared trials' longest gap is 160 ms; a corrupted stamp is hours or years off.
+UMAFALL_MAX_GAP_S = 10.0
+#: Resampling never makes up more than this many grid points per real sample (+100):
+#: a stream that would need more is not one trial at one rate.
+UMAFALL_MAX_GRID_PER_SAMPLE = 4
+#: Highest plausible IMU rate [Hz]; a median interval shorter than 1/this is not one.
+MAX_RATE_HZ = 10_000.0
 
 _SISFALL_NAME = re.compile(r'^([DF]\d{2})_(S[AE]\d{2})_R(\d{2})')
 _UMAFALL_NAME = re.compile(r'UMAFall_Subject_\d+_(ADL|Fall)_(.+?)_\d+_\d{4}-\d{2}-\d{2}')
@@ -99,6 +107,7 @@ class ImuRecording:
     path: str
     skipped_lines: int = 0   # data lines with a wrong column count or a non-numeric value
     dropped_nan: int = 0     # samples dropped because a value was NaN or infinite
+    dropped_time: int = 0    # samples dropped for a repeated stamp or one far off the run
 
     @property
     def duration_s(self) -> float:
@@ -211,13 +220,28 @@ def load_umafall(path: str | Path, sensor_id: int = 2) -> ImuRecording:
     if len(rows[0]) < 2:
         raise ImuFormatError(f'{path}: fewer than 2 accelerometer samples for sensor '
                              f'{sensor_id} ({skipped} bad lines) - is this a UMAFall file?')
-    acc = _sorted_unique(np.asarray(rows[0]))
-    gyr = _sorted_unique(np.asarray(rows[1])) if len(rows[1]) >= 2 else None
-    rate = float(max(1, round(1.0 / float(np.median(np.diff(acc[:, 0]))))))
+    acc, dropped = _main_run(np.asarray(rows[0]), f'{path}: sensor {sensor_id} accelerometer')
+    gyr = None
+    if len(rows[1]) >= 2:
+        gyr, dropped_gyr = _main_run(np.asarray(rows[1]), f'{path}: sensor {sensor_id} gyro')
+        dropped += dropped_gyr
+    dt = float(np.median(np.diff(acc[:, 0])))
+    if not dt >= 1.0 / MAX_RATE_HZ:
+        raise ImuFormatError(f'{path}: median accelerometer interval {dt:.3g} s is not an IMU '
+                             f'rate (max {MAX_RATE_HZ:g} Hz)')
+    rate = float(max(1, round(1.0 / dt)))
     t0, t1 = acc[0, 0], acc[-1, 0]
     if gyr is not None:
         t0, t1 = max(t0, gyr[0, 0]), min(t1, gyr[-1, 0])
-    grid = t0 + np.arange(int(math.floor((t1 - t0) * rate + 1e-9)) + 1) / rate
+        if t1 <= t0:
+            raise ImuFormatError(
+                f'{path}: sensor {sensor_id} accelerometer ({acc[0, 0]:.3f}-{acc[-1, 0]:.3f} s) '
+                f'and gyro ({gyr[0, 0]:.3f}-{gyr[-1, 0]:.3f} s) do not overlap')
+    n_grid = int(math.floor((t1 - t0) * rate + 1e-9)) + 1
+    if n_grid > UMAFALL_MAX_GRID_PER_SAMPLE * len(acc) + 100:
+        raise ImuFormatError(f'{path}: {t1 - t0:.1f} s at {rate:g} Hz would be a grid of '
+                             f'{n_grid} points from {len(acc)} accelerometer samples')
+    grid = t0 + np.arange(n_grid) / rate
     accel = _interp(grid, acc) * G @ UMAFALL_TAG_FROM_SENSOR.T
     gyro = (_interp(grid, gyr) * DEG @ UMAFALL_GYRO_FROM_SENSOR.T) if gyr is not None else None
     m = _UMAFALL_NAME.search(path.name)
@@ -226,7 +250,7 @@ def load_umafall(path: str | Path, sensor_id: int = 2) -> ImuRecording:
     label = f'{kind}_{desc}' if kind and desc else path.stem
     return ImuRecording(t=grid - grid[0], accel=accel, gyro=gyro, rate_hz=rate, label=label,
                         is_fall=kind == 'Fall', path=str(path), skipped_lines=skipped,
-                        dropped_nan=nan)
+                        dropped_nan=nan, dropped_time=dropped)
 
 
 def load(path: str | Path, fmt: str = 'auto') -> ImuRecording:
@@ -270,6 +294,29 @@ def _sorted_unique(a: np.ndarray) -> np.ndarray:
     a = a[np.argsort(a[:, 0], kind='stable')]
     _, first = np.unique(a[:, 0], return_index=True)
     return a[first]
+
+
+def _main_run(a: np.ndarray, what: str) -> tuple[np.ndarray, int]:
+    """(rows of the longest run without a gap over UMAFALL_MAX_GAP_S, rows dropped).
+
+    Repeated stamps keep their first row; a stamp far from the rest (a corrupted value) ends
+    up in a run of its own and is dropped, so it can neither stretch the resampling grid
+    nor shift the rate.
+
+    Raises:
+        ImuFormatError: fewer than 2 distinct stamps remain.
+    """
+    u = _sorted_unique(a)
+    if len(u) < 2:
+        raise ImuFormatError(f'{what}: {len(a)} samples but fewer than 2 distinct timestamps')
+    cuts = np.flatnonzero(np.diff(u[:, 0]) > UMAFALL_MAX_GAP_S) + 1
+    bounds = np.concatenate(([0], cuts, [len(u)]))
+    k = int(np.argmax(np.diff(bounds)))
+    run = u[bounds[k]:bounds[k + 1]]
+    if len(run) < 2:
+        raise ImuFormatError(f'{what}: no 2 samples within {UMAFALL_MAX_GAP_S:g} s of '
+                             'each other')
+    return run, len(a) - len(run)
 
 
 def _interp(grid: np.ndarray, a: np.ndarray) -> np.ndarray:
