@@ -124,9 +124,50 @@ def test_webhook_outage_every_event_once_in_order(ctx, executor, tmp_path) -> No
     finally:
         rx.stop()
     got = [(g['body']['type'], g['body'].get('alert_id')) for g in rx.got]
-    assert got == [(k, i) if i else (k, None) for k, i in sent], 'each exactly once, in order'
-    assert [g['body']['seq'] for g in rx.got] == sorted(g['body']['seq'] for g in rx.got)
+    # Officer-down events are never queued behind anything: all of them first, in order.
+    expected = sorted(sent, key=lambda e: e[0] != 'officer_down')
+    assert got == expected, 'each exactly once, officer-down first, each kind in order'
+    for kind in ('officer_down', 'weapon_drawn'):
+        seqs = [g['body']['seq'] for g in rx.got if g['body']['type'] == kind]
+        assert seqs == sorted(seqs)
     assert len({g['key'] for g in rx.got}) == len(rx.got)
+
+
+def test_bridge_starts_past_corrupt_pending_files_and_reports_them(ctx, executor,
+                                                                    tmp_path) -> None:
+    """A zero-byte or torn pending file (power cut, bad disk) used to stop the bridge from
+    starting at all, so officer-down alerts stopped. Now it is quarantined with its reason,
+    the other events go out, and /diagnostics says ERROR until someone looks."""
+    pending = tmp_path / 'outbox' / 'pending'
+    pending.mkdir(parents=True)
+    (pending / '000000000001.json').write_bytes(b'')
+    (pending / '000000000002.json').write_text(json.dumps({
+        'seq': 2, 'event_id': 'kept', 'kind': 'incident_started', 'body': {'queued_at': 'x'}}))
+    (pending / '000000000003.json').write_text('{"seq": 3, "ev')
+    rx = Receiver().start()
+    try:
+        node = bridge(ctx, tmp_path, dispatch_webhook=rx.url)
+        executor.add_node(node)
+        probe = Node('probe', context=ctx)
+        executor.add_node(probe)
+        diag = []
+        probe.create_subscription(DiagnosticArray, '/diagnostics',
+                                  lambda m: diag.extend(m.status), RELIABLE_QOS)
+        pub = probe.create_publisher(DiagnosticStatus, 'bodycam/alerts', LATCHED_QOS)
+        spin_for(executor, 0.5)
+        pub.publish(alert())
+        assert spin_until(executor, lambda: {g['body']['type'] for g in rx.got} ==
+                          {'officer_down', 'incident_started'}, 5.0), rx.got
+        assert spin_until(executor, lambda: any(
+            s.name.endswith('dispatch_bridge') and s.level == DiagnosticStatus.ERROR
+            for s in diag), 3.0)
+    finally:
+        rx.stop()
+    st = [s for s in diag if s.name.endswith('dispatch_bridge')][-1]
+    v = {kv.key: kv.value for kv in st.values}
+    assert v['quarantined'] == '2' and 'quarantine' in st.message
+    reasons = sorted((tmp_path / 'outbox' / 'quarantine').glob('*.reason.json'))
+    assert [json.loads(r.read_text())['reason'] for r in reasons] == ['corrupt', 'corrupt']
 
 
 def _post(url: str, body: dict | None, token: str | None, method: str = 'POST'):

@@ -1,6 +1,7 @@
 """Dispatch outbox and courier: durable, ordered, exactly-once delivery to a loopback webhook."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import threading
@@ -112,7 +113,9 @@ def test_webhook_down_then_back_gets_every_event_once_in_order(tmp_path: Path) -
         courier.stop()
         rx.stop()
     keys = [g['key'] for g in rx.got]
-    assert keys == [f'during-{i}' for i in range(n)] + ['after'], 'each once, in order'
+    down_first = sorted(range(n), key=lambda i: (i % 2 == 0, i))   # odd i: officer_down
+    assert keys == [f'during-{i}' for i in down_first] + ['after'], \
+        'each once, officer-down first, each kind in order'
     assert caught_up < 2.0 + 1.0, f'took {caught_up:.1f} s to resume after the outage'
 
 
@@ -136,6 +139,120 @@ def test_server_errors_are_retried_not_dropped(tmp_path: Path) -> None:
         rx.stop()
     with pytest.raises(ValueError, match='http'):
         WebhookTransport('ftp://example/x')
+
+
+# --------------------------------------------------------------------------- isolation
+
+def _reasons(box_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((box_dir / 'quarantine').glob('*.reason.json'))]
+
+
+def test_corrupt_or_empty_pending_files_are_quarantined_and_the_rest_kept(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / 'ob')
+    for i in range(3):
+        box.put(f'id-{i}', 'officer_down', {'i': i})
+    pending = tmp_path / 'ob' / 'pending'
+    (pending / '000000000002.json').write_bytes(b'')                  # zero bytes
+    (pending / '000000000010.json').write_text('{"seq": 10, "event')  # torn / garbage
+    (pending / '000000000011.json').write_text('[1, 2]')              # not an object
+    (pending / '000000000012.json').write_text(json.dumps(            # seq != file name
+        {'seq': 3, 'event_id': 'x', 'kind': 'officer_down', 'body': {}}))
+    box = Outbox(tmp_path / 'ob')                                     # must not raise
+    assert [box.peek().event_id, len(box)] == ['id-0', 2]
+    assert box.quarantined == 4
+    reasons = _reasons(tmp_path / 'ob')
+    assert sorted(r['file'] for r in reasons) == ['000000000002.json', '000000000010.json',
+                                                    '000000000011.json', '000000000012.json']
+    assert {r['reason'] for r in reasons} == {'corrupt'}
+    assert all(r['detail'] and r['at'] > 0 for r in reasons)
+    assert sorted(p.name for p in pending.glob('*.json')) == ['000000000001.json',
+                                                              '000000000003.json']
+    assert box.put('id-new', 'weapon_drawn', {}).seq == 13, 'a quarantined seq is not reused'
+    assert Outbox(tmp_path / 'ob').quarantined == 4, 'counted from disk after a restart'
+
+
+def test_oldest_age_with_a_bad_queued_at_is_a_number(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / 'ob')
+    box.put('a', 'weapon_drawn', {'queued_at': 'yesterday'})
+    box.put('b', 'weapon_drawn', {'queued_at': float('nan')})
+    box.put('c', 'weapon_drawn', {'queued_at': 1000.0})
+    assert box.oldest_age_s(now=1010.0) == 10.0
+    assert Outbox(tmp_path / 'ob').oldest_age_s(now=1010.0) == 10.0
+    bad = Outbox(tmp_path / 'ob2')
+    bad.put('a', 'weapon_drawn', {'queued_at': 'yesterday'})
+    assert 0.0 <= bad.oldest_age_s() < 5.0, 'falls back to when it was stored'
+
+
+def test_officer_down_is_never_queued_behind_other_events(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / 'ob')
+    box.put('w', 'weapon_drawn', {})
+    box.put('s', 'incident_started', {})
+    box.put('d1', 'officer_down', {'state': 'raised'})
+    box.put('d2', 'officer_down', {'state': 'cancelled'})
+    assert box.peek().event_id == 'd1'
+    with pytest.raises(OutboxError, match='not the head'):
+        box.ack(box.get('w'))
+    box.ack(box.peek())
+    assert box.peek().event_id == 'd2', 'officer-down events keep their own order'
+    box.ack(box.peek())
+    assert [box.peek().event_id, len(box)] == ['w', 2]
+    # Live: dispatch keeps failing the incident event; officer-down still goes through at once.
+    rx = Receiver(status=lambda b: (503, b'') if b['type'] != 'officer_down' else (200, b''))
+    rx.start()
+    courier = Courier(box, WebhookTransport(rx.url), Backoff(0.05, 0.2))
+    courier.start()
+    try:
+        assert rx.wait_for(lambda g: len(g) >= 3, 5.0)
+        t0 = time.time()
+        box.put('d3', 'officer_down', {})
+        assert rx.wait_for(lambda g: any(x['key'] == 'd3' for x in g), 2.0), \
+            'officer-down waited behind a failing event'
+        got = next(x for x in rx.got if x['key'] == 'd3')
+        assert got['t'] - t0 < 1.0
+    finally:
+        courier.stop()
+        rx.stop()
+    assert [e.event_id for e in box.events()] == ['w', 's']
+
+
+def test_rejected_event_is_dead_lettered_and_the_queue_goes_on(tmp_path: Path) -> None:
+    def status(body: dict) -> tuple[int, bytes]:
+        if body['type'] == 'incident_started':
+            return 422, b'{"error": "unknown incident schema"}'
+        if body.get('n') == 1 and sum(1 for g in rx.got if g['body'].get('n') == 1) <= 2:
+            return 429, b'slow down'        # 408/429: retried, not rejected
+        return 200, b''
+
+    rx = Receiver(status=status).start()
+    box = Outbox(tmp_path / 'ob')
+    rejected = []
+    courier = Courier(box, WebhookTransport(rx.url), Backoff(0.05, 0.2),
+                      on_rejected=lambda ev, why: rejected.append((ev.event_id, why)))
+    courier.start()
+    try:
+        box.put('bad', 'incident_started', {'n': 0})
+        box.put('next', 'weapon_drawn', {'n': 1})
+        box.put('down', 'officer_down', {'n': 2})
+        assert rx.wait_for(lambda g: {x['key'] for x in g} >= {'bad', 'next', 'down'}, 5.0)
+        deadline = time.monotonic() + 3
+        while len(box) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        courier.stop()
+        rx.stop()
+    assert len(box) == 0, [e.event_id for e in box.events()]
+    assert [g['key'] for g in rx.got].count('bad') == 1, 'a rejection is not retried'
+    assert [g['key'] for g in rx.got].count('next') == 3, '429 is retried'
+    assert courier.rejected == 1 and box.quarantined == 1 and courier.delivered == 2
+    assert rejected and rejected[0][0] == 'bad' and 'HTTP 422' in rejected[0][1]
+    (r,) = _reasons(tmp_path / 'ob')
+    assert (r['reason'], r['http_status'], r['event_id'], r['kind']) == \
+        ('rejected', 422, 'bad', 'incident_started')
+    assert 'unknown incident schema' in r['reply']
+    moved = json.loads((tmp_path / 'ob' / 'quarantine' / r['file']).read_text())
+    assert moved['event_id'] == 'bad', 'the event itself is kept beside its reason'
+    assert Outbox(tmp_path / 'ob').put('bad', 'incident_started', {}) is None, \
+        'a dead-lettered id is not queued again by a re-announcement'
 
 
 # --------------------------------------------------------------------------- dispatch core

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class Receiver:
     """``http://127.0.0.1:<port>/hook``; ``stop()`` refuses connections until ``start()``."""
 
-    def __init__(self, port: int = 0, status: int = 200) -> None:
+    def __init__(self, port: int = 0, status=200) -> None:   # int | body -> (int, bytes)
         self.port, self.status = port, status
         self.got: list[dict] = []   # {'t', 'key', 'auth', 'body'}
         self.cond = threading.Condition()
@@ -27,15 +27,19 @@ class Receiver:
             protocol_version = 'HTTP/1.1'
 
             def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
+                body = json.loads(self.rfile.read(int(self.headers.get('Content-Length') or 0)))
                 with rx.cond:
                     rx.got.append({'t': time.time(), 'key': self.headers.get('Idempotency-Key'),
                                    'auth': self.headers.get('Authorization'),
-                                   'body': json.loads(body)})
+                                   'body': body})
                     rx.cond.notify_all()
-                self.send_response(rx.status)
-                self.send_header('Content-Length', '0')
+                # status: a code, or a function of the JSON body giving (code, reply bytes)
+                code, reply = rx.status(body) if callable(rx.status) \
+                    else (rx.status, b'')
+                self.send_response(code)
+                self.send_header('Content-Length', str(len(reply)))
                 self.end_headers()
+                self.wfile.write(reply)
 
             def log_message(self, *a) -> None:
                 pass

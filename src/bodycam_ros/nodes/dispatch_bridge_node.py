@@ -112,6 +112,8 @@ class DispatchBridgeNode(Node):
                 self._outbox = Outbox(box_dir)
             except OutboxError as exc:
                 raise ParameterError(f'parameter dispatch_bridge.outbox_dir: {exc}') from exc
+            for problem in self._outbox.problems:   # bad pending files moved aside at start
+                self.get_logger().error(f'dispatch outbox: {problem}')
             try:
                 token = load_token(webhook_token_file, env_var='BODYCAM_DISPATCH_TOKEN',
                                    create=False, default_name='dispatch_token') \
@@ -122,7 +124,8 @@ class DispatchBridgeNode(Node):
             except (ValueError, TokenError) as exc:
                 raise ParameterError(f'parameter dispatch_bridge.dispatch_webhook: {exc}') \
                     from exc
-            self._courier = Courier(self._outbox, transport, backoff, self._on_delivered)
+            self._courier = Courier(self._outbox, transport, backoff, self._on_delivered,
+                                    self._on_rejected)
             self._courier.start()
         self._latency: list[float] = []
 
@@ -221,6 +224,10 @@ class DispatchBridgeNode(Node):
             self._latency.append(t - float(raised))
         self.get_logger().info(f'dispatch event #{ev.seq} {ev.kind} delivered')
 
+    def _on_rejected(self, ev: Event, why: str) -> None:   # courier thread
+        self.get_logger().error(f'dispatch {why}; moved to {self._outbox.dir}/quarantine, '
+                                'the queue goes on')
+
     def _on_alert(self, msg: DiagnosticStatus) -> None:
         if not msg.name.endswith('officer_down'):
             return
@@ -308,12 +315,18 @@ class DispatchBridgeNode(Node):
             s = self._courier.stats()
             values.update(webhook=s.transport, pending=s.pending, delivered=s.delivered,
                           attempts=s.attempts, oldest_pending_s=round(s.oldest_age_s, 1),
-                          last_error=s.last_error or self._last_error)
+                          last_error=s.last_error or self._last_error, rejected=s.rejected,
+                          quarantined=s.quarantined, last_rejection=s.last_rejection)
             if s.failures_in_row:
                 level, message = WARN, (f'dispatch unreachable: {s.pending} pending, oldest '
                                         f'{s.oldest_age_s:.0f} s ({s.last_error})')
             else:
                 level, message = OK, f'dispatch reachable, {s.pending} pending'
+            if s.quarantined:
+                # Stays ERROR until an operator has looked at (and removed) what is there.
+                level = ERROR
+                message = (f'{s.quarantined} dispatch event(s) in quarantine '
+                           f'({self._outbox.dir}/quarantine); {message}')
         self.diag.set(level, message, **values)
 
     def close(self) -> None:
