@@ -26,6 +26,8 @@ from pathlib import Path
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest='agency_action', required=True)
+    # No abbreviations: ``--passphrase SECRET`` must be an error, not ``--passphrase-file``.
+    p.allow_abbrev = False
 
     def common(sp: argparse.ArgumentParser, secret: bool) -> None:
         sp.add_argument('dir', type=Path, help='the agency directory (kept off the units)')
@@ -34,23 +36,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             help='file (0600) holding the passphrase of the agency private '
                                  'keys; default $BODYCAM_AGENCY_PASSPHRASE(_FILE)')
 
-    init = sub.add_parser('init', help='create the agency keys and an empty trust store')
+    init = sub.add_parser(
+        'init', allow_abbrev=False, help='create the agency keys and an empty trust store')
     common(init, secret=True)
     init.add_argument('--name', default='agency', help='a name for the agency')
     init.add_argument('--encrypt-keys', action='store_true',
                       help='require a passphrase (refuse to write unencrypted private keys)')
 
-    reg = sub.add_parser('register', help="add a device's public key to the trust store")
+    reg = sub.add_parser(
+        'register', allow_abbrev=False, help="add a device's public key to the trust store")
     common(reg, secret=True)
     reg.add_argument('pubkey', help='64 hex digits, a PEM file, or base64 of the raw key')
     reg.add_argument('--device-id', required=True, help='the unit id (as in its config)')
 
-    rev = sub.add_parser('revoke', help="stop trusting a device's key")
+    rev = sub.add_parser(
+        'revoke', allow_abbrev=False, help="stop trusting a device's key")
     common(rev, secret=True)
     rev.add_argument('--device-id', required=True)
     rev.add_argument('--reason', default='', help='recorded in the signed entry')
 
-    lst = sub.add_parser('list', help='show the trust store (every signature checked)')
+    lst = sub.add_parser(
+        'list', allow_abbrev=False, help='show the trust store (every signature checked)')
     common(lst, secret=False)
     lst.add_argument('--json', action='store_true', help='JSON instead of a table')
 

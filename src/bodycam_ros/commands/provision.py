@@ -23,6 +23,7 @@ from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.allow_abbrev = False      # ``--passphrase SECRET`` is an error, never a file name
     p.add_argument('--key-dir', type=Path, required=True,
                    help='where the device key goes (outside the evidence directory)')
     p.add_argument('--device-id', default=None, help='the unit id, recorded beside the key')
