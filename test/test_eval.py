@@ -123,3 +123,35 @@ def test_dispatch_proximity_skips_no_fix_and_poor_accuracy():
 def test_bad_arguments_exit_2_with_a_reason(args, needle):
     p = bodycam_eval(*args, check=False)
     assert p.returncode == 2 and needle in p.stderr
+
+
+def test_a_trial_without_the_waist_sensor_is_named_skipped_and_the_rest_reported(tmp_path):
+    """Some UMAFall Subject_09 trials have no sensor 2: eval stopped there and reported nothing.
+
+    The dataset here is the real 7 trials plus a real trial with its waist rows (sensor 2)
+    removed, under a Subject_09 name.
+    """
+    uma = shared_data('imu', 'umafall')
+    for f in sorted(uma.glob('UMAFall_*.csv')):
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    walk = next(uma.glob('UMAFall_Subject_02_ADL_Walking_*.csv'))
+    lines = walk.read_text(encoding='utf-8', errors='replace').splitlines(keepends=True)
+    kept = [ln for ln in lines if ln.startswith('%') or ln.rstrip().rstrip(';')[-2:] != ';2']
+    assert len(lines) - len(kept) > 800     # every waist row went
+    bad = tmp_path / 'UMAFall_Subject_09_ADL_Walking_1_2017-04-04_11-03-11.csv'
+    bad.write_text(''.join(kept))
+    p = bodycam_eval('--detector', 'officer_down', '--json', str(tmp_path))
+    r = json.loads(p.stdout)
+    assert len(r['files']) == 7 and r['summary']['tp'] == 3 and r['summary']['skipped'] == 1
+    (s,) = r['skipped']
+    assert s['file'] == bad.name and 'sensor 2' in s['reason']
+    assert bad.name in p.stderr and 'skipped' in p.stderr
+    table = bodycam_eval('--detector', 'officer_down', str(tmp_path)).stdout
+    assert f'skipped {bad.name}' in table and 'sensitivity 100.0 %' in table
+
+
+def test_only_unusable_files_exit_2_naming_them(tmp_path):
+    bad = tmp_path / 'UMAFall_Subject_09_ADL_Walking_1_2017-04-04_11-03-11.csv'
+    bad.write_text('% Sensor ID: 2\n1;1;0.1;0.2;0.3;0;0\n')
+    p = bodycam_eval('--detector', 'fight', str(bad), check=False)
+    assert p.returncode == 2 and bad.name in p.stderr and 'skipped' in p.stderr

@@ -8,6 +8,10 @@ label of a trial, and whether it is a positive for the detector, come from its f
 
 dispatch_proximity reads NMEA logs (``core.nmea``) and lists every entry into and exit from
 the radius around ``--destination``.
+
+A file that cannot be evaluated (unreadable, or a UMAFall trial without the waist sensor) is
+named on stderr and in the report's ``skipped`` list with the reason, and the others are
+reported; only when every file is skipped does the command fail.
 """
 from __future__ import annotations
 
@@ -33,6 +37,27 @@ _FALL = re.compile(r'^F\d{2}_|_Fall_', re.IGNORECASE)
 
 class EvalError(ValueError):
     """Bad arguments or unreadable inputs (the message says which)."""
+
+
+class SkippedFile(EvalError):
+    """One recording that cannot be evaluated; the run goes on without it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f'{path}: {reason}')
+        self.path, self.reason = path, reason
+
+    def as_dict(self) -> dict[str, str]:
+        return {'file': self.path.name, 'path': str(self.path), 'reason': self.reason}
+
+
+def _skip(skipped: list[dict[str, str]], exc: SkippedFile) -> None:
+    print(f'skipped {exc.path}: {exc.reason}', file=sys.stderr)
+    skipped.append(exc.as_dict())
+
+
+def _none_left(skipped: list[dict[str, str]]) -> EvalError:
+    return EvalError(f'all {len(skipped)} files were skipped: '
+                     + '; '.join(f'{s["path"]}: {s["reason"]}' for s in skipped))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -127,13 +152,19 @@ def make_detector(detector: str, down_hold_s: float | None):
 
 def run_recording(detector: str, path: Path, fmt: str,
                   down_hold_s: float | None = None) -> FileResult:
-    """Feed one recording, sample by sample, through a fresh detector."""
+    """Feed one recording, sample by sample, through a fresh detector.
+
+    Raises:
+        SkippedFile: the file cannot be read or is not a usable recording.
+    """
     from bodycam_ros.core.detectors import DownEventKind
     from bodycam_ros.core.imu_formats import ImuFormatError, load
     try:
         rec = load(path, fmt)
-    except (OSError, ImuFormatError) as exc:
-        raise EvalError(f'{path}: {exc}') from exc
+    except ImuFormatError as exc:
+        raise SkippedFile(path, str(exc).removeprefix(f'{path}: ')) from exc
+    except OSError as exc:
+        raise SkippedFile(path, f'cannot read: {exc.strerror or exc}') from exc
     det = make_detector(detector, down_hold_s)
     first: float | None = None
     # Plain lists: the same values the node gets from each Imu message, without per-sample
@@ -160,7 +191,15 @@ def eval_imu(detector: str, paths: list[Path], fmt: str,
     if down_hold_s is not None and detector != 'officer_down':
         raise EvalError('--down-hold-s applies to officer_down only')
     det = make_detector(detector, down_hold_s)          # bad parameters fail before any file
-    results = [run_recording(detector, f, fmt, down_hold_s) for f in find_recordings(paths, fmt)]
+    results: list[FileResult] = []
+    skipped: list[dict[str, str]] = []
+    for f in find_recordings(paths, fmt):
+        try:
+            results.append(run_recording(detector, f, fmt, down_hold_s))
+        except SkippedFile as exc:
+            _skip(skipped, exc)
+    if not results:
+        raise _none_left(skipped)
     tp = sum(r.positive and r.fired for r in results)
     fn = sum(r.positive and not r.fired for r in results)
     fp = sum(not r.positive and r.fired for r in results)
@@ -171,9 +210,11 @@ def eval_imu(detector: str, paths: list[Path], fmt: str,
         'format': fmt,
         'params': {k: v for k, v in vars(det.p).items()},
         'files': [vars(r) for r in results],
+        'skipped': skipped,
         'summary': {'n_pos': n_pos, 'n_neg': n_neg, 'tp': tp, 'fp': fp, 'fn': fn, 'tn': tn,
                     'sensitivity': round(tp / n_pos, 4) if n_pos else None,
-                    'specificity': round(tn / n_neg, 4) if n_neg else None},
+                    'specificity': round(tn / n_neg, 4) if n_neg else None,
+                    'skipped': len(skipped)},
     }
 
 
@@ -201,6 +242,7 @@ def eval_nmea(paths: list[Path], destination: tuple[float, float],
     from bodycam_ros.core.geodesy import distance_m
 
     files = []
+    skipped: list[dict[str, str]] = []
     logs: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -221,7 +263,12 @@ def eval_nmea(paths: list[Path], destination: tuple[float, float],
         events = []
         n = 0
         min_d = math.inf
-        with open(log, 'rb') as fh:
+        try:
+            fh = open(log, 'rb')
+        except OSError as exc:
+            _skip(skipped, SkippedFile(log, f'cannot read: {exc.strerror or exc}'))
+            continue
+        with fh:
             for i, fx in enumerate(nmea.iter_fixes(fh)):
                 n += 1
                 t = fx.time if math.isfinite(fx.time) else float(i)
@@ -243,11 +290,14 @@ def eval_nmea(paths: list[Path], destination: tuple[float, float],
                       'ignored': det.ignored, 'events': events,
                       'inside_at_end': det.state().active,
                       'min_distance_m': round(min_d, 2) if math.isfinite(min_d) else None})
+    if not files:
+        raise _none_left(skipped)
     return {'detector': 'dispatch_proximity', 'format': 'nmea',
             'destination': {'lat': destination[0], 'lon': destination[1]},
             'radius_m': radius_m if radius_m is not None else ONE_MILE_M,
             'files': files,
-            'summary': {'logs': len(files), 'entries': sum(
+            'skipped': skipped,
+            'summary': {'logs': len(files), 'skipped': len(skipped), 'entries': sum(
                 e['event'] == 'enter' for f in files for e in f['events']),
                 'exits': sum(e['event'] == 'exit' for f in files for e in f['events'])}}
 
@@ -270,12 +320,14 @@ def _table(report: dict) -> str:
                          f'closest {f["min_distance_m"]} m')
             for e in f['events']:
                 lines.append(f'  {e["event"]:5s} {e["utc"] or e["time"]}  {e["distance_m"]} m')
+        lines += [f'skipped {s["file"]}: {s["reason"]}' for s in report['skipped']]
         return '\n'.join(lines)
     lines.append(f'{"file":62s} {"label":28s} pos  fired  first_fire_s')
     for f in report['files']:
         first = '' if f['first_fire_s'] is None else f'{f["first_fire_s"]:.2f}'
         pos, fired = 'yes' if f['positive'] else 'no', 'yes' if f['fired'] else 'no'
         lines.append(f'{f["file"][:62]:62s} {f["label"][:28]:28s} {pos:4s} {fired:6s} {first}')
+    lines += [f'skipped {s["file"]}: {s["reason"]}' for s in report['skipped']]
     s = report['summary']
     sens = 'n/a' if s['sensitivity'] is None else f'{100 * s["sensitivity"]:.1f} %'
     spec = 'n/a' if s['specificity'] is None else f'{100 * s["specificity"]:.1f} %'

@@ -189,6 +189,7 @@ def load_umafall(path: str | Path, sensor_id: int = 2) -> ImuRecording:
     rows: dict[int, list[list[float]]] = {0: [], 1: []}
     skipped = nan = 0
     kind = desc = None
+    others: set[int] = set()
     with open(path, encoding='utf-8', errors='replace') as fh:
         for line in fh:
             line = line.strip()
@@ -212,11 +213,17 @@ def load_umafall(path: str | Path, sensor_id: int = 2) -> ImuRecording:
                 skipped += 1
                 continue
             if sid != sensor_id or stype not in (0, 1):
+                if sid in UMAFALL_SENSORS:
+                    others.add(int(sid))
                 continue
             if not all(math.isfinite(v) for v in (ts, x, y, z)):
                 nan += 1
                 continue
             rows[int(stype)].append([ts / 1000.0, x, y, z])
+    if not rows[0] and others - {sensor_id}:
+        raise ImuFormatError(f'{path}: no samples of sensor {sensor_id} '
+                             f'({UMAFALL_SENSORS[sensor_id]}); the file has sensors '
+                             f'{", ".join(map(str, sorted(others)))}')
     if len(rows[0]) < 2:
         raise ImuFormatError(f'{path}: fewer than 2 accelerometer samples for sensor '
                              f'{sensor_id} ({skipped} bad lines) - is this a UMAFall file?')
