@@ -35,6 +35,7 @@ bench: install
 	$(VENV)/bin/python -m bench.lookback
 	$(VENV)/bin/python -m bench.upload
 	$(VENV)/bin/python -m bench.live_latency
+	$(VENV)/bin/python -m bench.encryption
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
