@@ -320,6 +320,9 @@ def _lib(module: str) -> Any:
     except ImportError as exc:
         raise KeyStoreError('the PKCS#11 path needs python-pkcs11 (pip install '
                             'python-pkcs11)') from exc
+    # One path per library: the same .so loaded under two names (a symlink) would be
+    # C_Initialize'd twice, which a module refuses (CKR_CRYPTOKI_ALREADY_INITIALIZED).
+    module = os.path.realpath(module)
     with _LIBS_LOCK:
         if module not in _LIBS:
             if not Path(module).is_file():
