@@ -35,7 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     proxy.add_argument('--no-proxy', dest='proxy', action='store_false',
                        help='no proxy transcode (default for file://)')
     p.add_argument('--keep-local', type=float, default=-1.0, metavar='S',
-                   help='delete local incidents S seconds after they verify (-1 = never)')
+                   help='delete local incidents S seconds after they verify (-1 = never); '
+                   'each only after its bucket copy verifies again')
+    p.add_argument('--min-free', type=int, default=0, metavar='BYTES',
+                   help='delete verified incidents, oldest first, while fewer bytes are free '
+                   '(0 = never); each only after its bucket copy verifies again')
     p.add_argument('--retries', type=int, default=6,
                    help='consecutive failures before --once gives up (default 6)')
     p.add_argument('--max-backoff', type=float, default=30.0, metavar='S',
@@ -88,11 +92,13 @@ def main(args: argparse.Namespace) -> int:
     import threading
 
     from bodycam_ros.core.upload import UploadEvent, create_uploader
+    from bodycam_ros.core.upload.queue import safe_component
 
     progress = Progress(quiet=args.quiet)
 
     def on_event(e: UploadEvent) -> None:
-        if e.kind in ('verified', 'error', 'warning', 'invalid', 'deleted', 'proxy_ready', 'yield'):
+        if e.kind in ('verified', 'error', 'warning', 'quarantined', 'released', 'deleted',
+                      'requeued', 'proxy_ready', 'yield'):
             who = f' {e.incident_id}' if e.incident_id else ''
             progress.event(f'upload: {e.kind}{who}: {e.message}')
 
@@ -106,6 +112,7 @@ def main(args: argparse.Namespace) -> int:
                         'profile': args.profile},
             part_size=int(args.part_size * MiB), multipart_threshold=int(args.part_size * MiB),
             bandwidth_bps=args.bandwidth, keep_local_s=args.keep_local,
+            min_free_bytes=max(0, args.min_free),
             max_backoff_s=max(1.0, args.max_backoff))
     except ValueError as exc:
         print(f'error: {exc}', file=sys.stderr)
@@ -147,8 +154,18 @@ def main(args: argparse.Namespace) -> int:
         print(f'upload: {len(result.verified)} incident(s) verified in {uploader.backend.url}; '
               'spool fully uploaded', flush=True)
         return 0
+    if result.quarantined:
+        print(f'upload: {len(result.verified)} incident(s) verified in {uploader.backend.url}',
+              flush=True)
+        qdir = args.evidence_dir / 'quarantine'
+        for name, why in sorted(result.quarantined.items()):
+            print(f'error: quarantined {name} (kept as found, not uploaded; see '
+                  f'{qdir / safe_component(name)}.json): {why}', file=sys.stderr, flush=True)
+        if not (result.failed or result.remaining or result.error or result.stopped):
+            return 1
     reason = result.error or '; '.join(f'{k}: {v}' for k, v in result.failed.items()) or \
-        st.last_error
+        st.last_error or 'quarantined incidents (above)'
     print(f'error: upload incomplete: {len(result.verified)} verified, {result.remaining} '
-          f'still in the spool (kept): {reason}', file=sys.stderr, flush=True)
+          f'still in the spool, {len(result.quarantined)} quarantined (all kept): {reason}',
+          file=sys.stderr, flush=True)
     return 1

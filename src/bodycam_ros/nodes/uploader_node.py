@@ -3,6 +3,10 @@
 The spool directory is the durable queue (polled every ``poll_s``); ``recorder/status`` only
 nudges it to look sooner. Uploads run on the core's worker thread so the executor stays
 responsive. Publishes ``uploader/status`` (DiagnosticStatus, latched, 1 Hz) and /diagnostics.
+An incident that cannot be trusted is quarantined (``<evidence_dir>/quarantine/<id>.json``)
+and reported as ERROR until someone acts; the rest keeps going. This node is the only one
+that deletes evidence: ``keep_local_s`` and ``min_free_bytes``, each deletion only after the
+bucket's copy verifies again.
 """
 from __future__ import annotations
 
@@ -50,6 +54,17 @@ class UploaderNode(Node):
         keep_local_s = declare(self, 'keep_local_s', -1.0,
                                'delete the local incident this long [s] after it verified; '
                                '-1 = never', min_value=-1.0, max_value=1e9)
+        min_free_bytes = declare(self, 'min_free_bytes', 500_000_000,
+                                 'disk pressure: below this many free bytes delete verified '
+                                 'incidents oldest first (the bucket copy is checked first); '
+                                 '0 = never', min_value=0, max_value=10**15)
+        max_evidence_bytes = declare(self, 'max_evidence_bytes', 0,
+                                     'space evidence may use at most [bytes], as the '
+                                     "recorder's; 0 = the whole disk", min_value=0,
+                                     max_value=10**15)
+        prune_check_s = declare(self, 'prune_check_s', 10.0,
+                                'how often the pruner looks at free space [s]',
+                                min_value=0.1, max_value=3600.0)
         max_backoff_s = declare(self, 'max_backoff_s', 60.0,
                                 'longest wait between retries [s]', min_value=1.0,
                                 max_value=3600.0)
@@ -72,7 +87,9 @@ class UploaderNode(Node):
             s3_options={'endpoint_url': endpoint_url, 'region': region,
                         'access_key_id': access_key_id, 'secret_access_key': secret_access_key},
             part_size=part_size, multipart_threshold=threshold, bandwidth_bps=bandwidth,
-            keep_local_s=keep_local_s, max_backoff_s=max_backoff_s, poll_s=poll_s)
+            keep_local_s=keep_local_s, min_free_bytes=min_free_bytes,
+            max_evidence_bytes=max_evidence_bytes, prune_check_s=prune_check_s,
+            max_backoff_s=max_backoff_s, poll_s=poll_s)
         self._bucket = self._uploader.backend.url
         self._pub = self.create_publisher(DiagnosticStatus, 'uploader/status', LATCHED_QOS)
         self._diag = Diagnostics(self, hardware_id=self._bucket)
@@ -107,13 +124,16 @@ class UploaderNode(Node):
     def _on_event(self, e: UploadEvent) -> None:
         """Called on the worker thread; logging is thread-safe. Repeats are throttled."""
         text = f'{e.incident_id + ": " if e.incident_id else ""}{e.message}'
-        if e.kind in ('error', 'warning', 'invalid'):
+        if e.kind in ('error', 'warning', 'quarantined'):
             now = time.monotonic()
             if now - self._last_log.get(text, -1e9) < 30.0:
                 return
             self._last_log[text] = now
-            (self._log.error if e.kind == 'error' else self._log.warning)(text)
-        elif e.kind in ('verified', 'deleted', 'yield', 'proxy_ready'):
+            if e.kind == 'quarantined':
+                self._log.error(f'quarantined {text}')
+            else:
+                (self._log.error if e.kind == 'error' else self._log.warning)(text)
+        elif e.kind in ('verified', 'deleted', 'yield', 'proxy_ready', 'released', 'requeued'):
             self._log.info(f'{e.kind} {text}')
 
     def _publish(self) -> None:
@@ -123,21 +143,27 @@ class UploaderNode(Node):
                       current_incident=st.current_incident, rate_bps=round(st.rate_bps),
                       last_error=st.last_error, state=st.state,
                       verified_total=st.verified_total, bucket=self._bucket,
-                      invalid=st.invalid)
+                      quarantined=st.quarantined, quarantine_reason=st.quarantine_reason,
+                      pruned_total=st.pruned_total, low_disk=st.low_disk,
+                      free_bytes='' if st.free_bytes is None else st.free_bytes)
         self._pub.publish(status('uploader', level, message, self._bucket, **values))
         self._diag.set(level, message, **values)
 
     @staticmethod
     def level(st: UploadStatus) -> tuple[int, str]:
-        """ERROR when someone must act (credentials, bucket) or nothing has worked for a
-        while; WARN while retrying; OK otherwise."""
+        """ERROR when someone must act (credentials, bucket, a quarantined incident, a disk
+        full of evidence not yet uploaded) or nothing has worked for a while; WARN while
+        retrying; OK otherwise."""
         if st.error_kind and (st.config_error or st.consecutive_failures >= 5):
             return ERROR, f'{st.state}: {st.last_error}'
+        if st.quarantined:
+            return ERROR, (f'{st.quarantined} incident(s) quarantined (kept, not uploaded); '
+                           f'last {st.quarantine_reason}')
+        if st.low_disk:
+            return ERROR, (f'disk low: {st.free_bytes} bytes free and no verified incident '
+                           'left to delete')
         if st.error_kind:
             return WARN, f'retrying: {st.last_error}'
-        if st.invalid:
-            return WARN, f'{st.state}; {st.invalid} unreadable spool entr' + \
-                ('y' if st.invalid == 1 else 'ies') + ' skipped'
         if st.current_incident:
             return OK, f'{st.state} {st.current_incident}'
         return OK, f'{st.state}; {st.queue_length} queued'

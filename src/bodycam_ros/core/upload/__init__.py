@@ -14,13 +14,18 @@ from bodycam_ros.core.upload.backends import (S3_MIN_PART, Backend, BucketURL, F
                                               RemoteObject, S3Backend, open_backend,
                                               parse_bucket_url)
 from bodycam_ros.core.upload.errors import (BucketMissingError, Cancelled, CredentialsError,
-                                            LocalError, TransientError, UploadError,
-                                            UploadGone, VerifyError)
+                                            EvidenceRejected, LocalError, TransientError,
+                                            UploadError, UploadGone, VerifyError)
 from bodycam_ros.core.upload.multipart import (FileDigest, UploadState, composite_etag,
                                                digest_file, verify_remote)
 from bodycam_ros.core.upload.proxy import ProxyError, ProxyInfo, make_proxy
-from bodycam_ros.core.upload.queue import (RECORD, Incident, SpoolScan, atomic_write_json,
-                                           is_verified, read_incident, read_record, scan_spool)
+from bodycam_ros.core.upload.prune import (PruneConfig, Pruner, PruneResult, RemoteCheck,
+                                           check_remote_copy)
+from bodycam_ros.core.upload.quarantine import (QUARANTINE_DIR, Quarantine, QuarantineRecord,
+                                                fingerprint)
+from bodycam_ros.core.upload.queue import (RECORD, Incident, Reason, SpoolError, SpoolScan,
+                                           atomic_write_json, is_verified, read_incident,
+                                           read_record, scan_spool)
 from bodycam_ros.core.upload.throttle import Backoff, RateLimiter, RateMeter, ThrottledReader
 from bodycam_ros.core.upload.uploader import (DrainResult, UploadConfig, UploadEvent,
                                               Uploader, UploadStatus)
@@ -37,12 +42,14 @@ def proxy_default(bucket: str | BucketURL) -> bool:
 def create_uploader(bucket: str, evidence_dir: Path, *, proxy: bool | None = None,
                     s3_options: dict[str, Any] | None = None,
                     on_event: Callable[[UploadEvent], None] | None = None,
+                    disk_free: Callable[[Path], int] | None = None,
                     **config: Any) -> Uploader:
     """An :class:`Uploader` for a bucket URL.
 
     Args:
         proxy: None picks :func:`proxy_default` for the bucket.
         s3_options: ``S3Backend`` keywords (endpoint_url, region, credentials, profile).
+        disk_free: how free bytes are measured for pruning (the filesystem by default).
         config: further :class:`UploadConfig` fields.
 
     Raises:
@@ -53,16 +60,18 @@ def create_uploader(bucket: str, evidence_dir: Path, *, proxy: bool | None = Non
     backend, prefix = open_backend(parsed, **options)
     cfg = UploadConfig(evidence_dir=Path(evidence_dir),
                        proxy=proxy_default(parsed) if proxy is None else proxy, **config)
-    return Uploader(backend, cfg, prefix, on_event=on_event)
+    return Uploader(backend, cfg, prefix, on_event=on_event, disk_free=disk_free)
 
 
 __all__ = [
     'DEFAULT_BUCKET', 'RECORD', 'S3_MIN_PART', 'Backend', 'Backoff', 'BucketMissingError',
-    'BucketURL', 'Cancelled', 'CredentialsError', 'DrainResult', 'FileBackend', 'FileDigest',
-    'Incident', 'LocalError', 'ProxyError', 'ProxyInfo', 'RateLimiter', 'RateMeter',
-    'RemoteObject', 'S3Backend', 'SpoolScan', 'ThrottledReader', 'TransientError',
+    'BucketURL', 'Cancelled', 'CredentialsError', 'DrainResult', 'EvidenceRejected',
+    'FileBackend', 'FileDigest', 'Incident', 'LocalError', 'ProxyError', 'ProxyInfo',
+    'PruneConfig', 'PruneResult', 'Pruner', 'QUARANTINE_DIR', 'Quarantine',
+    'QuarantineRecord', 'RateLimiter', 'RateMeter', 'Reason', 'RemoteCheck', 'RemoteObject',
+    'S3Backend', 'SpoolError', 'SpoolScan', 'ThrottledReader', 'TransientError',
     'UploadConfig', 'UploadError', 'UploadEvent', 'UploadGone', 'UploadState', 'UploadStatus',
-    'Uploader', 'VerifyError', 'atomic_write_json', 'composite_etag', 'create_uploader',
-    'digest_file', 'is_verified', 'make_proxy', 'open_backend', 'parse_bucket_url',
+    'Uploader', 'VerifyError', 'atomic_write_json', 'check_remote_copy', 'composite_etag',
+    'create_uploader', 'digest_file', 'fingerprint', 'is_verified', 'make_proxy', 'open_backend', 'parse_bucket_url',
     'proxy_default', 'read_incident', 'read_record', 'scan_spool', 'verify_remote',
 ]

@@ -7,6 +7,8 @@
 * :class:`VerifyError`: the remote copy is not what we sent; that object is uploaded again.
 * :class:`LocalError`: this incident cannot be read here (permissions, a vanished file); the
   other incidents go on.
+* :class:`EvidenceRejected`: this incident is not what its signed manifest says; it is
+  quarantined (kept, named, reported) and the other incidents go on.
 """
 from __future__ import annotations
 
@@ -55,3 +57,16 @@ class Cancelled(Exception):
 
     Not an :class:`UploadError`: nothing went wrong, and all finished parts are kept.
     """
+
+
+class EvidenceRejected(UploadError):
+    """This incident cannot be trusted as evidence (unsigned, a file differs from its signed
+    manifest): it is quarantined, kept as found, and never retried on its own."""
+
+    retryable = False
+    remote = False
+
+    def __init__(self, message: str, reason: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.details = list(details or [])

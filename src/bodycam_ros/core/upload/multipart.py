@@ -15,6 +15,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 from collections.abc import Callable, Mapping
@@ -170,6 +171,74 @@ def verify_remote(remote: RemoteObject | None, digest: FileDigest, path: Path,
     return ''
 
 
+_HEX = re.compile(r'[0-9a-f]*')
+
+
+def _hex(value: Any, n: int) -> bool:
+    return isinstance(value, str) and len(value) == n and _HEX.fullmatch(value) is not None
+
+
+def _b64_sha256(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and len(base64.b64decode(value, validate=True)) == 32
+    except ValueError:
+        return False
+
+
+def _valid_digest(d: Any) -> bool:
+    """A cached :class:`FileDigest` exactly as :meth:`FileDigest.to_json` writes it."""
+    if not isinstance(d, dict) or not isinstance(d.get('parts'), list):
+        return False
+    nat = [d.get(k) for k in ('size', 'mtime_ns', 'part_size')]
+    if not all(type(v) is int and v >= 0 for v in nat) or d['part_size'] < 1 or \
+            not _hex(d.get('sha256'), 64) or not _hex(d.get('md5'), 32) or not d['parts']:
+        return False
+    offset = 0
+    for part in d['parts']:
+        if not isinstance(part, list) or len(part) != 4:
+            return False
+        o, n, md5, sha = part
+        if type(o) is not int or type(n) is not int or o != offset or n < 0 or \
+                not _hex(md5, 32) or not _b64_sha256(sha):
+            return False
+        offset += n
+    return offset == d['size']
+
+
+def _valid_object(obj: Any) -> bool:
+    if not isinstance(obj, dict) or not isinstance(obj.get('key'), str) or \
+            not _valid_digest(obj.get('digest')) or type(obj.get('uploaded', False)) is not bool:
+        return False
+    if 'upload_id' in obj and not (isinstance(obj['upload_id'], str) and obj['upload_id']):
+        return False
+    parts = obj.get('parts', {})
+    return isinstance(parts, dict) and all(
+        isinstance(k, str) and k.isdigit() and isinstance(v, dict) and
+        isinstance(v.get('etag'), str) and _hex(v.get('md5'), 32) and
+        isinstance(v.get('sha256'), str) for k, v in parts.items())
+
+
+def clean_state(data: dict[str, Any]) -> dict[str, Any]:
+    """``state.json`` with every entry we could not have written dropped.
+
+    A dropped entry may describe bytes already in the store (or an open multipart upload),
+    so the state turns ``careful``: the next attempt asks the store before sending.
+    """
+    objects = data.get('objects')
+    clean: dict[str, Any] = {'bucket': data.get('bucket'), 'objects': {}}
+    careful = data.get('careful') is True or ('objects' in data and not isinstance(objects,
+                                                                                   dict))
+    for name, obj in (objects.items() if isinstance(objects, dict) else ()):
+        if _valid_object(obj):
+            obj.setdefault('parts', {})
+            clean['objects'][name] = obj
+        else:
+            careful = True
+    if careful:
+        clean['careful'] = True
+    return clean
+
+
 class UploadState:
     """Resumable state of one incident: ``<evidence_dir>/upload/<incident>/state.json``.
 
@@ -181,15 +250,19 @@ class UploadState:
         self.work_dir = work_dir
         self.path = work_dir / 'state.json'
         self.bucket = bucket
-        data: dict[str, Any] = {}
+        data: Any = {}
         try:
             data = json.loads(self.path.read_bytes())
-        except (OSError, ValueError):
+        except FileNotFoundError:
             data = {}
+        except (OSError, ValueError, RecursionError):
+            data = {'bucket': bucket, 'careful': True}     # damaged: ask the store first
         if not isinstance(data, dict) or data.get('bucket') != bucket:
             data = {'bucket': bucket, 'objects': {}}
-        self.data = data
-        self.objects: dict[str, dict[str, Any]] = data.setdefault('objects', {})
+        self.data = clean_state(data)
+        #: The file held entries we could not have written (dropped; the store is asked).
+        self.repaired = self.data.get('careful') is True and data.get('careful') is not True
+        self.objects: dict[str, dict[str, Any]] = self.data['objects']
 
     def save(self) -> None:
         atomic_write_json(self.path, self.data)

@@ -5,6 +5,12 @@ sealed incident, uploads its proxy then its files (each resumable, see ``multipa
 verifies every remote object, and only then writes ``upload.json``. Errors back off
 exponentially with jitter; an officer-down or weapon incident that arrives mid-upload takes
 over at the next part boundary.
+
+Nothing about one incident can stop the others: before upload its manifest signature and
+every file's SHA-256 are checked against the signed manifest, and an incident that fails is
+quarantined (``quarantine``); any other error costs that incident a back-off, not the queue.
+The uploader is also the only pruner (``prune``): it deletes a local incident only after
+asking the bucket, at that moment, whether it holds exactly that incident.
 """
 from __future__ import annotations
 
@@ -16,13 +22,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bodycam_ros.core import evidence as ev
 from bodycam_ros.core.upload.backends import S3_MIN_PART, Backend, key_join
 from bodycam_ros.core.upload.errors import (BucketMissingError, Cancelled, CredentialsError,
-                                            LocalError, UploadError, VerifyError)
+                                            EvidenceRejected, LocalError, UploadError,
+                                            VerifyError)
 from bodycam_ros.core.upload.multipart import FileDigest, Transfer, UploadState, verify_remote
 from bodycam_ros.core.upload.proxy import ProxyJob
-from bodycam_ros.core.upload.queue import (RECORD, Incident, SpoolScan, atomic_write_json,
-                                           prune_incident, safe_component, scan_spool)
+from bodycam_ros.core.upload.prune import PruneConfig, Pruner, PruneResult
+from bodycam_ros.core.upload.quarantine import Quarantine, QuarantineRecord, fingerprint
+from bodycam_ros.core.upload.queue import (RECORD, Incident, Reason, SpoolScan,
+                                           atomic_write_json, safe_component, scan_spool)
 from bodycam_ros.core.upload.throttle import Backoff, RateLimiter, RateMeter
 
 MiB = 1024 * 1024
@@ -46,15 +56,22 @@ class UploadConfig:
     #: Upload a low-resolution transcode of video.mp4 before the evidence files.
     proxy: bool = False
     proxy_height: int = 360
-    #: Delete the local incident this long after it verified; -1 = never (the recorder's
-    #: disk policy may still delete verified incidents under disk pressure).
+    #: Delete the local incident this long after it verified; -1 = never.
     keep_local_s: float = -1.0
+    #: Disk pressure: below this many free bytes, delete verified incidents oldest first
+    #: (each only after its remote copy verifies again); 0 = never for space.
+    min_free_bytes: int = 0
+    #: If > 0, evidence may use at most this much (as the recorder's quota).
+    max_evidence_bytes: int = 0
+    #: How often a prune pass runs while uploading or idle [s] (and after each upload).
+    prune_check_s: float = 10.0
     base_backoff_s: float = 1.0
     max_backoff_s: float = 60.0
     #: How often the spool is re-read when idle (a nudge wakes it sooner).
     poll_s: float = 1.0
 
     def __post_init__(self) -> None:
+        PruneConfig(self.keep_local_s, self.min_free_bytes, self.max_evidence_bytes)
         if self.part_size < 1 or self.multipart_threshold < 0:
             raise ValueError(f'part_size {self.part_size} / multipart_threshold '
                              f'{self.multipart_threshold} out of range')
@@ -81,9 +98,16 @@ class UploadStatus:
     #: Bytes confirmed in the store this session (progress), and bytes sent (incl. resends).
     bytes_done: int = 0
     bytes_sent: int = 0
-    invalid: int = 0
+    #: Incidents in the spool set aside as untrustworthy (kept on disk, never uploaded).
+    quarantined: int = 0
+    #: The newest quarantine as ``<incident>: <reason>`` ('' when there is none).
+    quarantine_reason: str = ''
     recording: int = 0
     backoff_until: float = 0.0
+    pruned_total: int = 0
+    #: Free bytes as the pruner measures them (None until it has looked, or if it never does).
+    free_bytes: int | None = None
+    low_disk: bool = False
 
     @property
     def config_error(self) -> bool:
@@ -93,7 +117,9 @@ class UploadStatus:
 
 @dataclass(frozen=True)
 class UploadEvent:
-    kind: str  # verified|object|proxy|proxy_ready|error|warning|invalid|deleted|yield
+    # verified|object|proxy|proxy_ready|error|warning|quarantined|released|deleted|yield|
+    # requeued
+    kind: str
     incident_id: str
     message: str
 
@@ -102,13 +128,16 @@ class UploadEvent:
 class DrainResult:
     verified: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    #: Spool directory -> ``reason: message`` for every quarantined incident in the spool.
+    quarantined: dict[str, str] = field(default_factory=dict)
     remaining: int = 0
     error: str = ''
     stopped: bool = False
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.remaining and not self.error and not self.stopped
+        return not self.failed and not self.remaining and not self.error and \
+            not self.stopped and not self.quarantined
 
 
 class Uploader:
@@ -120,7 +149,8 @@ class Uploader:
 
     def __init__(self, backend: Backend, config: UploadConfig, key_prefix: str = '', *,
                  on_event: Callable[[UploadEvent], None] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 disk_free: Callable[[Path], int] | None = None) -> None:
         if backend.supports_multipart and config.part_size < S3_MIN_PART:
             raise ValueError(f'part_size {config.part_size} < {S3_MIN_PART} (S3 minimum)')
         self.backend, self.config, self.key_prefix = backend, config, key_prefix
@@ -135,14 +165,24 @@ class Uploader:
         self._thread: threading.Thread | None = None
         self._checked = False
         self._verified_ids: set[str] = set()
-        self._verified_at: dict[str, float] = {}
         self._retry_at: dict[str, float] = {}
         self._incident_failures: dict[str, int] = {}
-        self._reported_invalid: set[str] = set()
         self._proxy_jobs: dict[str, ProxyJob] = {}
         self._pending_base = 0
         self._current_done = 0
         self._poll_s = config.poll_s
+        self._quarantine = Quarantine(config.evidence_dir)
+        #: Incidents whose files were checked against their manifest: name -> fingerprint.
+        self._evidence_ok: dict[str, str] = {}
+        #: Incidents a drain gave up on (excluded from yielding too).
+        self._given_up: set[str] = set()
+        self._key_cache: tuple[tuple[int, int], bytes | None] | None = None
+        self._key_warned = False
+        self._pruner = Pruner(config.evidence_dir, backend, key_prefix,
+                              PruneConfig(config.keep_local_s, config.min_free_bytes,
+                                          config.max_evidence_bytes),
+                              config.part_size, disk_free)
+        self._next_prune = 0.0
 
     # ------------------------------------------------------------------ public
     def status(self) -> UploadStatus:
@@ -208,9 +248,19 @@ class Uploader:
             timeout_s: give up after this long.
         """
         self._stop.clear()
+        self._given_up.clear()
         deadline = time.monotonic() + timeout_s if timeout_s else None
-        return self._loop(until_empty=True, fail_fast=fail_fast, max_failures=max_failures,
-                          deadline=deadline)
+        result = self._loop(until_empty=True, fail_fast=fail_fast, max_failures=max_failures,
+                            deadline=deadline)
+        self._maybe_prune(force=True)
+        spool = self.config.evidence_dir / 'spool'
+        result.quarantined = {r.incident: f'{r.reason}: {r.message}'
+                              for r in self._quarantine.current(spool)}
+        return result
+
+    def quarantined(self) -> list[QuarantineRecord]:
+        """The quarantine records of incidents still in the spool, oldest first."""
+        return self._quarantine.current(self.config.evidence_dir / 'spool')
 
     # ------------------------------------------------------------------ loop
     def _serve(self) -> None:
@@ -234,6 +284,7 @@ class Uploader:
                 result.error = result.error or 'timed out'
                 break
             scan = self._scan()
+            self._maybe_prune()
             now = time.time()
             pending = [i for i in scan.pending if i.incident_id not in result.failed
                        and i.path.name not in result.failed]
@@ -254,15 +305,24 @@ class Uploader:
             try:
                 try:
                     self.upload_incident(inc)
+                except (Cancelled, UploadError):
+                    raise
                 except OSError as exc:          # the local disk: state, record, proxy file
                     raise LocalError(f'local I/O error: {exc}') from exc
-                except (KeyError, TypeError, ValueError) as exc:
+                except Exception as exc:  # noqa: BLE001 - one incident must not stop the rest
                     # A damaged state.json (or a bug): start this incident afresh; the
                     # store is asked what it already holds, so nothing is lost or doubled.
-                    UploadState(self._work_dir(inc), self.backend.url).reset()
+                    try:
+                        UploadState(self._work_dir(inc), self.backend.url).reset()
+                    except OSError:
+                        pass
                     raise LocalError(f'internal error, state reset: {exc!r}') from exc
             except Cancelled:
                 continue      # stop requested (checked above) or yielded to an urgent one
+            except EvidenceRejected as exc:
+                self._quarantine_incident(inc.path.name, inc.path, exc.reason, str(exc),
+                                          exc.details)
+                continue      # not a failure of the uploader: the next incident goes on
             except UploadError as exc:
                 consecutive += 1
                 msg = str(exc)
@@ -276,6 +336,7 @@ class Uploader:
                         self.config.max_backoff_s, self.config.base_backoff_s * 2 ** n)
                     if max_failures is not None and n >= max_failures:
                         result.failed[inc.path.name] = msg
+                        self._given_up.add(inc.path.name)
                     continue
                 if not exc.retryable:
                     self._checked = False   # look at the bucket again before the next try
@@ -309,8 +370,12 @@ class Uploader:
             Cancelled: asked to stop, or a more urgent incident arrived.
         """
         self._ensure_checked()
+        self._check_evidence(inc)
         work = self._work_dir(inc)
         state = UploadState(work, self.backend.url)
+        if state.repaired:
+            self._emit('warning', inc.incident_id, f'{state.path} was damaged; entries dropped, '
+                       'asking the store what it already holds')
         prefix = inc.key_prefix(self.key_prefix)
         job = self._proxy_job(inc, work)
         evidence = [(f.name, f.path) for f in inc.files]
@@ -389,8 +454,12 @@ class Uploader:
         mismatch = sorted(n for n, d in digests.items()
                           if n in inc.manifest_sha256 and inc.manifest_sha256[n] != d.sha256)
         if mismatch:
-            self._emit('warning', inc.incident_id, 'local files differ from the signed '
-                       f'manifest: {", ".join(mismatch)} (uploaded as found)')
+            # Checked before the upload; what went up is not what was signed after all.
+            self._evidence_ok.pop(inc.path.name, None)
+            raise EvidenceRejected(
+                f'{", ".join(mismatch)} changed during the upload: what reached the bucket '
+                'differs from the signed manifest; not marked uploaded',
+                Reason.CHANGED_DURING_UPLOAD, [f'{n}: SHA-256 differs' for n in mismatch])
         verified_at = time.time()
         record = {
             'verified': True,
@@ -402,13 +471,17 @@ class Uploader:
             'proxy_error': proxy_error or None,
             'manifest_mismatch': mismatch,
             'missing': sorted(set(inc.manifest_sha256) - set(digests)),
+            'manifest_sha256': inc.manifest_digest,
+            'signature_key': 'device' if self._public_key() is not None else 'manifest',
             'verified_at': verified_at,
         }
         atomic_write_json(inc.path / RECORD, record)
         state.clear()
         self._proxy_jobs.pop(inc.path.name, None)
+        self._evidence_ok.pop(inc.path.name, None)
+        if self._quarantine.release(inc.path.name):
+            self._emit('released', inc.incident_id, 'no longer quarantined: it verified')
         self._verified_ids.add(inc.path.name)
-        self._verified_at[inc.path.name] = verified_at
         with self._lock:
             st = self._status
             self._status = replace(st, verified_total=st.verified_total + 1,
@@ -418,7 +491,7 @@ class Uploader:
             self._current_done = 0
         self._emit('verified', inc.incident_id, f'{len(record_objects)} objects verified '
                    f'under {self.backend.object_url(prefix)}/')
-        self._retention()
+        self._maybe_prune(force=True)
         return record
 
     # ------------------------------------------------------------------ helpers
@@ -451,50 +524,133 @@ class Uploader:
             raise Cancelled('stop requested')
         if current.urgent:
             return
-        scan = scan_spool(self.config.evidence_dir, skip=self._verified_ids)
-        if scan.pending and scan.pending[0].urgent:
+        now = time.time()
+        for other in self._scan_spool().pending:
+            if not other.urgent:
+                break
+            name = other.path.name
+            if self._retry_at.get(name, 0.0) > now or name in self._given_up:
+                continue          # backing off or given up: it cannot use the link now
             self._emit('yield', current.incident_id,
-                       f'pausing for urgent incident {scan.pending[0].incident_id}')
+                       f'pausing for urgent incident {other.incident_id}')
             raise Cancelled('urgent incident waiting')
 
-    def _scan(self) -> SpoolScan:
-        scan = scan_spool(self.config.evidence_dir, skip=self._verified_ids)
-        for name, record in scan.verified.items():
-            self._verified_ids.add(name)
+    def _check_evidence(self, inc: Incident) -> None:
+        """Every local file and the signature against the signed manifest, before upload.
+
+        Raises:
+            EvidenceRejected: the incident is not what its device signed.
+        """
+        name = inc.path.name
+        mark = fingerprint(inc.path)
+        if self._evidence_ok.get(name) == mark:
+            return                 # checked already and untouched since (a resumed upload)
+        self._set(state='checking', current_incident=inc.incident_id)
+        try:
+            chk = ev.check_incident(inc.path, self._public_key())
+        except OSError as exc:
+            raise LocalError(f'cannot read {name} to check it: {exc}') from exc
+        except (ValueError, RecursionError) as exc:
+            raise EvidenceRejected(f'{name}: manifest cannot be checked: {exc!r}'[:300],
+                                   Reason.MANIFEST_UNREADABLE) from None
+        if not chk.ok:
+            files = {p.name for p in chk.bad_files} - {ev.MANIFEST, ev.SIGNATURE}
+            reason = Reason.BAD_SIGNATURE if not chk.signature_valid else \
+                Reason.FILE_MISMATCH if files else Reason.MANIFEST_INVALID
+            raise EvidenceRejected(f'{name}: {"; ".join(chk.errors)}'[:500], reason,
+                                   chk.errors)
+        self._evidence_ok[name] = mark
+
+    def _public_key(self) -> bytes | None:
+        """The device's own key (``keys/device_ed25519.pub``, written by the recorder), or
+        None when there is none here (then a manifest's own key proves integrity only)."""
+        path = self.config.evidence_dir / 'keys' / f'{ev.KEY_NAME}.pub'
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+        if self._key_cache is None or self._key_cache[0] != stamp:
             try:
-                self._verified_at[name] = float(record.get('verified_at', 0.0))
-            except (TypeError, ValueError):
-                self._verified_at[name] = 0.0
-        for name, why in scan.invalid.items():
-            if name not in self._reported_invalid:
-                self._reported_invalid.add(name)
-                self._emit('invalid', name, f'skipped: {why}')
-        self._retention()
+                key: bytes | None = ev.load_public_key(path)
+            except (OSError, ev.EvidenceError) as exc:
+                key = None
+                if not self._key_warned:
+                    self._key_warned = True
+                    self._emit('warning', '', f'device key unusable, checking signatures '
+                               f"with each manifest's own key: {exc}")
+            self._key_cache = (stamp, key)
+        return self._key_cache[1]
+
+    def _scan_spool(self) -> SpoolScan:
+        return scan_spool(self.config.evidence_dir, skip=self._verified_ids,
+                          public_key=self._public_key(), skip_entry=self._quarantine.holds)
+
+    def _quarantine_incident(self, name: str, path: Path, reason: str, message: str,
+                             details: list[str]) -> None:
+        """Set one incident aside: record why outside it, report it, touch none of it."""
+        self._evidence_ok.pop(name, None)
+        self._retry_at.pop(name, None)
+        self._incident_failures.pop(name, None)
+        self._proxy_jobs.pop(name, None)     # created only after the check; done by now
+        try:
+            self._quarantine.add(name, path, reason, message, time.time(), details)
+        except OSError as exc:
+            self._emit('error', name, f'cannot write the quarantine record: {exc}')
+        self._emit('quarantined', name, f'{reason}: {message} (kept as found)')
+        self._set(quarantine_reason=f'{name}: {reason}')
+        self._count_quarantined()
+
+    def _count_quarantined(self) -> None:
+        current = self._quarantine.current(self.config.evidence_dir / 'spool')
+        last = current[-1] if current else None
+        self._set(quarantined=len(current),
+                  quarantine_reason=f'{last.incident}: {last.reason}' if last else '')
+
+    def _scan(self) -> SpoolScan:
+        scan = self._scan_spool()
+        self._verified_ids.update(scan.verified)
+        for name, exc in scan.invalid.items():
+            self._quarantine_incident(name, self.config.evidence_dir / 'spool' / name,
+                                      exc.reason, str(exc), exc.details)
+        if scan.skipped or scan.invalid or self.status().quarantined:
+            self._count_quarantined()
         pending_bytes = sum(i.size for i in scan.pending)
         with self._lock:
             self._pending_base = pending_bytes
             self._status = replace(self._status, queue_length=len(scan.pending),
-                                   bytes_pending=pending_bytes, invalid=len(scan.invalid),
-                                   recording=scan.recording)
+                                   bytes_pending=pending_bytes, recording=scan.recording)
         return scan
 
-    def _retention(self) -> None:
-        keep = self.config.keep_local_s
-        if keep < 0:
-            return
-        now = time.time()
-        for name, at in list(self._verified_at.items()):
-            if now - at < keep:
-                continue
-            try:
-                if prune_incident(self.config.evidence_dir, name):
-                    self._emit('deleted', name, f'local copy deleted {keep:.0f} s after it '
-                               'verified')
-            except OSError as exc:
-                self._emit('warning', name, f'cannot delete local copy: {exc}')
-                continue
-            self._verified_at.pop(name, None)
+    def _maybe_prune(self, force: bool = False) -> PruneResult | None:
+        """A prune pass (keep_local_s, disk pressure) at most every ``prune_check_s``."""
+        if not self._pruner.config.enabled:
+            return None
+        now = time.monotonic()
+        if not force and now < self._next_prune:
+            return None
+        self._next_prune = now + self.config.prune_check_s
+        try:
+            result = self._pruner.run(time.time(), self._public_key())
+        except OSError as exc:
+            self._emit('warning', '', f'prune pass failed: {exc}')
+            return None
+        for name, why in result.deleted:
             self._verified_ids.discard(name)
+            self._emit('deleted', name, f'local copy deleted ({why}); the bucket copy '
+                       'verified just before')
+        for name in result.requeued:
+            self._verified_ids.discard(name)
+            self._emit('requeued', name, f'upload.json said verified but the bucket does not '
+                       f'hold it ({result.kept.get(name, "")}); uploading it again')
+            self.nudge()
+        if result.low_disk:
+            self._emit('warning', '', f'disk low: {result.free_bytes} bytes free < '
+                       f'min_free_bytes {self.config.min_free_bytes} and no verified '
+                       'incident left to delete')
+        self._set(pruned_total=self._pruner.deleted_total, free_bytes=result.free_bytes,
+                  low_disk=result.low_disk)
+        return result
 
     def _on_sent(self, n: int) -> None:
         self._meter.add(n)
