@@ -347,3 +347,47 @@ def test_live_view_bad_parameters_exit_2(start_process, args, needle) -> None:
     p = start_process('bodycam_ros.nodes.live_view_node', '--ros-args', *args)
     assert p.proc.wait(30) == 2, p.output()
     assert needle in p.output()
+
+
+# --------------------------------------------------------------------------- issue 11 crashers
+
+def _with_sps(au: bytes, sps: bytes) -> bytes:
+    """The access unit with its SPS NAL unit replaced by ``sps``."""
+    parts = au.split(b'\x00\x00\x00\x01')
+    return b'\x00\x00\x00\x01'.join(sps if p and p[0] & 0x1F == 7 else p for p in parts)
+
+
+@pytest.mark.parametrize('sps', [b'\x67\x64\x00\x1f\xff\xff\xff\xff\xff', b'\x67\x42'])
+def test_bad_sps_after_an_sps_change_is_dropped_and_the_stream_goes_on(sps) -> None:
+    """Was: LiveError out of push(), i.e. out of the live_view node's camera callback."""
+    stream = LiveStream()
+    for data, stamp, _, _ in encode_pattern(12):
+        stream.push(data, stamp)
+    old = stream.subscribe(timeout_s=0.1)
+    big = encode_pattern(25, 640, 360, first=12)
+    stream.push(_with_sps(big[0][0], sps), big[0][1])      # damaged keyframe, new SPS
+    st = stream.stats()
+    assert (st.bad_frames, st.restarts) == (1, 1) and 'SPS' in st.last_error
+    with pytest.raises(ViewerClosed):
+        old.take(0.1)
+    for data, stamp, _, _ in big[1:]:                       # P-frames, then keyframe 10
+        stream.push(data, stamp)
+    viewer = stream.subscribe(timeout_s=0.1)
+    assert viewer.generation == 1
+    for data, stamp, _, _ in encode_pattern(12, 640, 360, first=37):
+        stream.push(data, stamp)
+    frags = viewer.take(0.1)
+    decoded = decode_all(viewer.init_segment + b''.join(f.data for f in frags))
+    assert decoded and decoded[0].shape == (360, 640, 3)
+    assert decode_frame_counter(decoded[0]) == 37
+    assert stream.stats().bad_frames == 1
+
+
+@pytest.mark.parametrize('stamp', [float('nan'), float('inf'), 1e300])
+def test_unusable_capture_stamp_is_counted_not_raised(stamp) -> None:
+    frames = encode_pattern(12)
+    stream = LiveStream()
+    for data, t, _, _ in frames[:11]:
+        stream.push(data, t)
+    stream.push(frames[11][0], stamp)
+    assert stream.stats().bad_frames == 1 and 'stamp' in stream.stats().last_error

@@ -9,23 +9,32 @@ duration), so live view lags the camera by one frame period on top of transport.
 from __future__ import annotations
 
 import io
+import math
 import struct
 from fractions import Fraction
 from typing import NamedTuple
 
 import av
 
-from bodycam_ros.core.h264 import NAL_SPS, EncoderError, is_keyframe, iter_nal_units
+from bodycam_ros.core.h264 import NAL_IDR, NAL_SPS, EncoderError, iter_nal_units
 
-__all__ = ['Fragment', 'FragmentMuxer', 'LiveError', 'codec_string', 'split_boxes']
+__all__ = ['Fragment', 'FragmentMuxer', 'LiveError', 'SpsChanged', 'codec_string',
+           'split_boxes']
 
 #: MP4 media time base: 90 kHz, as RTP and MPEG-TS use for video.
 TIME_BASE = Fraction(1, 90_000)
 MOVFLAGS = 'empty_moov+default_base_moof+frag_keyframe+frag_every_frame'
+#: A capture stamp further than this from the stream's first one is not a clock step but a
+#: bad stamp (the 90 kHz pts would leave int64 long before, at ~3e9 years).
+MAX_STAMP_SPAN_S = 1e9
 
 
 class LiveError(Exception):
     """Live view input or set-up is unusable; the message says what and why."""
+
+
+class SpsChanged(LiveError):
+    """A keyframe with another SPS than the init segment's: the caller needs a new muxer."""
 
 
 class Fragment(NamedTuple):
@@ -108,20 +117,26 @@ class FragmentMuxer:
         Raises:
             LiveError: the bytes are not Annex B H.264, the SPS changed, or FFmpeg refused.
         """
+        if not math.isfinite(stamp) or (self._t0 is not None
+                                         and abs(stamp - self._t0) > MAX_STAMP_SPAN_S):
+            raise LiveError(f'capture stamp {stamp!r} is not usable (stream began at '
+                            f'{self._t0!r})')
         try:
-            key = is_keyframe(annexb)
-            sps = next((n.data for n in iter_nal_units(annexb) if n.type == NAL_SPS), None) \
-                if key else None
+            nals = list(iter_nal_units(annexb))
         except EncoderError as exc:
             raise LiveError(str(exc)) from exc
+        if not nals:
+            raise LiveError(f'no NAL unit in an access unit of {len(annexb)} bytes')
+        key = any(n.type == NAL_IDR for n in nals)
+        sps = next((n.data for n in nals if n.type == NAL_SPS), None) if key else None
         if self._out is None:
             if not key or sps is None:
                 self.skipped += 1
                 return []
             self._open(sps, stamp, annexb)
         elif sps is not None and sps != self._sps:
-            raise LiveError('SPS changed (new frame size or profile): a new init segment is '
-                            'needed')
+            raise SpsChanged('SPS changed (new frame size or profile): a new init segment is '
+                             'needed')
         pts = round((stamp - self._t0) / TIME_BASE) if self._t0 is not None else 0
         pts = max(pts, self._last_pts + 1)   # stamps must rise strictly; a clock step is clamped
         self._last_pts = pts
@@ -141,6 +156,7 @@ class FragmentMuxer:
     def _open(self, sps: bytes, stamp: float, keyframe: bytes) -> None:
         # Codec parameters (size, profile, avcC) from the keyframe's own SPS/PPS, parsed by
         # FFmpeg's raw H.264 demuxer: a template stream, so no encoder is ever opened.
+        codec = codec_string(sps)   # first: a bad SPS must not leave a half-open muxer
         try:
             probe = av.open(io.BytesIO(keyframe), format='h264', mode='r')
         except (av.FFmpegError, ValueError) as exc:
@@ -159,7 +175,7 @@ class FragmentMuxer:
         finally:
             probe.close()
         self._sps, self._t0 = sps, stamp
-        self.codec = codec_string(sps)
+        self.codec = codec
 
     def _collect(self) -> list[Fragment]:
         frags: list[Fragment] = []

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from bodycam_ros.core.live.fmp4 import Fragment, FragmentMuxer, LiveError
+from bodycam_ros.core.live.fmp4 import Fragment, FragmentMuxer, LiveError, SpsChanged
 
 __all__ = ['LiveStream', 'StreamStats', 'Viewer', 'ViewerClosed']
 
@@ -118,21 +118,24 @@ class LiveStream:
     def push(self, annexb: bytes, stamp: float) -> None:
         """Mux one access unit and offer the result to every viewer (camera callback).
 
-        Bad input is counted and skipped; an SPS change starts a new muxer and closes the
-        current viewers so their players reload the new init segment.
+        Never raises on bad input: a bad access unit is counted in ``bad_frames`` and dropped.
+        An SPS change starts a new muxer and closes the current viewers so their players
+        reload the new init segment; if that keyframe cannot open the new muxer either (a
+        damaged SPS), the stream starts again at the next good keyframe.
         """
         with self._lock:
             self._frames += 1
             self.last_frame_time = time.monotonic()
             try:
-                frags = self._muxer.feed(annexb, stamp)
+                try:
+                    frags = self._muxer.feed(annexb, stamp)
+                except SpsChanged:
+                    self._restart_locked()
+                    frags = self._muxer.feed(annexb, stamp)
             except LiveError as exc:
                 self._bad += 1
                 self._last_error = str(exc)
-                if 'SPS changed' not in str(exc):
-                    return
-                self._restart_locked()
-                frags = self._muxer.feed(annexb, stamp)
+                return
             if frags and self._muxer.init_segment is not None:
                 self._ready.notify_all()
             self._frags += len(frags)
