@@ -28,7 +28,7 @@ from bodycam_ros.core.spool import DurableFile
 from bodycam_ros.drivers.camera import TestPatternSource, decode_frame_counter
 
 AGE = shutil.which('age')
-needs_age = pytest.mark.skipif(AGE is None, reason='age not installed (scripts/install-test-deps.sh)')
+needs_age = pytest.mark.skipif(AGE is None, reason='age missing: scripts/install-test-deps.sh')
 AGENCY = X25519PrivateKey.from_private_bytes(hashlib.sha256(b'test agency').digest())
 OTHER = X25519PrivateKey.from_private_bytes(hashlib.sha256(b'another agency').digest())
 
@@ -132,6 +132,18 @@ def test_writer_is_a_non_seekable_file_and_never_overwrites(tmp_path: Path):
         AgeWriter(tmp_path / 'g.age', [])
     with pytest.raises(AgeError, match='after close'):
         AgeWriter(io.BytesIO(), [AGENCY.public_key()]).plaintext_sha256()
+
+
+def test_scan_measures_the_file_without_the_key(tmp_path: Path):
+    w = encrypt_file(tmp_path / 'f.age', data_of(3 * CHUNK + 10),
+                     [OTHER.public_key(), AGENCY.public_key()])
+    lay = enc.scan(tmp_path / 'f.age')
+    assert (lay.header_size, lay.recipients, lay.full_chunks, lay.tail_bytes) == \
+        (w.header_size, 2, 3, 10 + 16)
+    assert lay.max_plaintext == 3 * CHUNK + 10 and lay.size == w.ciphertext_size
+    (tmp_path / 'p').write_bytes(b'\x00\x00\x00\x18ftypisom')
+    with pytest.raises(AgeError, match='not an age v1 file'):
+        enc.scan(tmp_path / 'p')
 
 
 def test_several_recipients_each_decrypt(tmp_path: Path):
@@ -341,10 +353,11 @@ def test_crash_mid_clip_loses_at_most_the_unflushed_tail(tmp_path: Path, clip):
     with open(out, 'wb') as f:
         res = decrypt(path, AGENCY, f)
     assert not res.complete and res.plaintext_bytes >= flushed_at - CHUNK
-    repair(out)                                   # the agency drops the torn fragment
-    good = ffprobe_frames(out)
+    fixed = tmp_path / 'repaired.mp4'
+    assert repair(out, fixed).playable            # the agency drops the torn fragment
+    good = ffprobe_frames(fixed)
     assert good.returncode == 0 and not good.stderr.strip(), good.stderr
-    counters = frame_counters(out)
+    counters = frame_counters(fixed)
     assert counters == list(range(len(counters))) and len(counters) >= 2 * FPS
 
 

@@ -428,8 +428,12 @@ def read_header(f: BinaryIO) -> Header:
             raise _Truncated(f'header: truncated after {len(raw)} bytes')
         return got[:-1]
 
-    if line() + b'\n' != VERSION_LINE:
-        raise AgeError(f'header: not an age v1 file (version line {bytes(raw[:40])!r})')
+    first = f.readline(len(VERSION_LINE))
+    raw += first
+    if first != VERSION_LINE:
+        if VERSION_LINE.startswith(first):
+            raise _Truncated(f'header: truncated after {len(first)} bytes')
+        raise AgeError(f'header: not an age v1 file (starts {first[:24]!r})')
     stanzas: list[Stanza] = []
     cur = line()
     while cur.startswith(b'-> '):
@@ -479,6 +483,39 @@ def _unwrap(header: Header, identities: Sequence[X25519PrivateKey]) -> bytes:
     mine = ', '.join(encode_recipient(i.public_key()) for i in identities)
     raise AgeError(f'no identity matches: the file has {found} X25519 stanza(s), none for '
                    f'{mine}')
+
+
+@dataclass(frozen=True)
+class AgeLayout:
+    """What the unit can tell about an age file without the key."""
+    header_size: int
+    recipients: int           # X25519 stanzas
+    size: int
+    full_chunks: int          # whole 64 KiB ciphertext chunks after the nonce
+    tail_bytes: int           # bytes after them: the final chunk, or a crash's torn write
+
+    @property
+    def max_plaintext(self) -> int:
+        return self.full_chunks * CHUNK + max(0, self.tail_bytes - TAG)
+
+
+def scan(path: str | os.PathLike[str]) -> AgeLayout:
+    """Parse the header and measure the payload (no key: what a unit or ``verify`` sees).
+
+    A unit recovering after a crash seals the file as it is: :func:`decrypt` at the agency
+    keeps every complete chunk and reports the torn tail.
+    """
+    with open(path, 'rb') as f:
+        header = read_header(f)
+        size = os.fstat(f.fileno()).st_size
+    body = size - header.size - NONCE
+    if body < 0:
+        raise AgeError(f'{os.fspath(path)}: payload nonce truncated ({size} bytes)', 0)
+    full, tail = divmod(body, CHUNK_CT)
+    if tail == 0 and full:                     # a full last chunk may be the final one
+        full, tail = full - 1, CHUNK_CT
+    n = sum(st.kind == 'X25519' for st in header.stanzas)
+    return AgeLayout(header.size, n, size, full, tail)
 
 
 @dataclass(frozen=True)
