@@ -159,3 +159,22 @@ def test_wrong_pin_and_missing_token_are_named(token: dict[str, object], tmp_pat
                            str(tmp_path / 'k'), '--pkcs11-module', module],
                           capture_output=True, text=True, timeout=60)
     assert half.returncode == 2 and 'together' in half.stderr
+
+
+def test_two_signers_on_one_token_share_the_login(token: dict[str, object]) -> None:
+    """PKCS#11 login belongs to the process: a second C_Login fails and closing a logged-in
+    session logs out every other one. Two signers (the recorder's and, say, the audit log's)
+    must both work, and closing one must not break the other."""
+    cfg = keys.Pkcs11Config(str(token['module']), TOKEN, 'shared-login')
+    with keys.Pkcs11Signer.generate(cfg, PIN) as made:
+        public = made.public_key_bytes()
+        first = keys.Pkcs11Signer.open(cfg, PIN)
+        second = keys.Pkcs11Signer.open(cfg, PIN)
+    first.close()
+    sig = second.sign(b'still logged in')
+    Ed25519PublicKey.from_public_bytes(public).verify(sig, b'still logged in')
+    second.close()
+    with pytest.raises(keys.KeyStoreError, match='closed'):
+        second.sign(b'x')
+    with keys.Pkcs11Signer.open(cfg, PIN) as again:     # the last close logged out cleanly
+        Ed25519PublicKey.from_public_bytes(public).verify(again.sign(b'y'), b'y')

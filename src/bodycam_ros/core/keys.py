@@ -334,22 +334,62 @@ def _lib(module: str) -> Any:
         return _LIBS[module]
 
 
-def _open_session(cfg: Pkcs11Config, pin: str, rw: bool) -> Any:
+class _TokenSession:
+    """One logged-in session per (module, token) in a process, shared by its signers.
+
+    PKCS#11 login state belongs to the application, not the session: a second C_Login fails
+    (CKR_USER_ALREADY_LOGGED_IN) and closing a logged-in session logs out every other one, so
+    signers on one token share one session, one lock, and the last to close logs out.
+    """
+
+    def __init__(self, key: tuple[str, str], session: Any) -> None:
+        self.key = key
+        self.session = session
+        self.lock = threading.Lock()          # a session runs one operation at a time
+        self.refs = 1
+
+
+_SESSIONS: dict[tuple[str, str], _TokenSession] = {}
+
+
+def _acquire(cfg: Pkcs11Config, pin: str) -> _TokenSession:
     import pkcs11
 
     lib = _lib(cfg.module)
-    try:
-        token = lib.get_token(token_label=cfg.token)
-    except pkcs11.NoSuchToken as exc:
-        raise KeyStoreError(f'no PKCS#11 token labelled {cfg.token!r} in {cfg.module}') from exc
-    except pkcs11.MultipleTokensReturned as exc:
-        raise KeyStoreError(f'several PKCS#11 tokens labelled {cfg.token!r}') from exc
-    try:
-        return token.open(rw=rw, user_pin=pin)
-    except pkcs11.PinIncorrect as exc:
-        raise KeyStoreError(f'wrong PIN for PKCS#11 token {cfg.token!r}') from exc
-    except pkcs11.PKCS11Error as exc:
-        raise KeyStoreError(f'cannot log in to PKCS#11 token {cfg.token!r}: {exc!r}') from exc
+    key = (os.path.realpath(cfg.module), cfg.token)
+    with _LIBS_LOCK:
+        shared = _SESSIONS.get(key)
+        if shared is not None:
+            shared.refs += 1
+            return shared
+        try:
+            token = lib.get_token(token_label=cfg.token)
+        except pkcs11.NoSuchToken as exc:
+            raise KeyStoreError(f'no PKCS#11 token labelled {cfg.token!r} in '
+                                f'{cfg.module}') from exc
+        except pkcs11.MultipleTokensReturned as exc:
+            raise KeyStoreError(f'several PKCS#11 tokens labelled {cfg.token!r}') from exc
+        try:
+            try:
+                session = token.open(rw=True, user_pin=pin)
+            except pkcs11.TokenWriteProtected:
+                session = token.open(rw=False, user_pin=pin)   # signing needs no writes
+        except pkcs11.PinIncorrect as exc:
+            raise KeyStoreError(f'wrong PIN for PKCS#11 token {cfg.token!r}') from exc
+        except pkcs11.PKCS11Error as exc:
+            raise KeyStoreError(f'cannot log in to PKCS#11 token {cfg.token!r}: '
+                                f'{exc!r}') from exc
+        shared = _SESSIONS[key] = _TokenSession(key, session)
+        return shared
+
+
+def _release(shared: _TokenSession) -> None:
+    with _LIBS_LOCK:
+        shared.refs -= 1
+        if shared.refs == 0:
+            del _SESSIONS[shared.key]
+            with shared.lock:
+                shared.session.close()
 
 
 def _ec_point_raw(point: bytes) -> bytes:
@@ -362,16 +402,38 @@ def _ec_point_raw(point: bytes) -> bytes:
     raise KeyStoreError(f'unexpected CKA_EC_POINT for an Ed25519 key: {point.hex()}')
 
 
+def _generate_on(session: Any, cfg: Pkcs11Config) -> tuple[Any, bytes]:
+    """(private key object, raw public key) of a new Ed25519 pair stored on the token."""
+    from pkcs11 import Attribute, KeyType, ObjectClass
+
+    if list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                                 Attribute.LABEL: cfg.label})):
+        raise KeyStoreError(f'token {cfg.token!r} already holds a key labelled '
+                            f'{cfg.label!r}; refusing to make a second')
+    params = session.create_domain_parameters(
+        KeyType.EC_EDWARDS, {Attribute.EC_PARAMS: ED25519_EC_PARAMS}, local=True)
+    public, private = params.generate_keypair(
+        id=os.urandom(16), label=cfg.label, store=True,
+        public_template={Attribute.TOKEN: True, Attribute.VERIFY: True,
+                         Attribute.PRIVATE: False},
+        private_template={Attribute.TOKEN: True, Attribute.PRIVATE: True,
+                          Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
+                          Attribute.SIGN: True, Attribute.DECRYPT: False,
+                          Attribute.UNWRAP: False, Attribute.DERIVE: False})
+    return private, _ec_point_raw(bytes(public[Attribute.EC_POINT]))
+
+
 class Pkcs11Signer:
     """An Ed25519 key inside a PKCS#11 token (CKK_EC_EDWARDS, CKM_EDDSA). The private key is
     CKA_SENSITIVE and not CKA_EXTRACTABLE: nothing but signatures ever leaves the token."""
 
-    def __init__(self, cfg: Pkcs11Config, session: Any, private: Any, public_raw: bytes) -> None:
+    def __init__(self, cfg: Pkcs11Config, shared: _TokenSession, private: Any,
+                 public_raw: bytes) -> None:
         self.config = cfg
-        self._session = session
+        self._shared: _TokenSession | None = shared
         self._private = private
         self._public = public_raw
-        self._lock = threading.Lock()     # one session: one operation at a time
+        self._lock = shared.lock
 
     @property
     def key_id(self) -> str:
@@ -382,6 +444,8 @@ class Pkcs11Signer:
 
     def sign(self, data: bytes) -> bytes:
         import pkcs11
+        if self._shared is None:
+            raise KeyStoreError(f'signer for token {self.config.token!r} is closed')
         with self._lock:
             try:
                 sig = self._private.sign(bytes(data), mechanism=pkcs11.Mechanism.EDDSA)
@@ -402,10 +466,10 @@ class Pkcs11Signer:
                     'never_extractable': bool(self._private[Attribute.NEVER_EXTRACTABLE])}
 
     def close(self) -> None:
-        with self._lock:
-            if self._session is not None:
-                self._session.close()
-                self._session = None
+        """Let go of the shared session; the last signer on the token logs out."""
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            _release(shared)
 
     def __enter__(self) -> Pkcs11Signer:
         return self
@@ -417,35 +481,19 @@ class Pkcs11Signer:
     def generate(cls, cfg: Pkcs11Config, pin: str) -> Pkcs11Signer:
         """Generate the key pair on the token, stored, sensitive, never extractable."""
         import pkcs11
-        from pkcs11 import Attribute, KeyType, ObjectClass
 
-        session = _open_session(cfg, pin, rw=True)
+        shared = _acquire(cfg, pin)
         try:
-            existing = list(session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY,
-                                                 Attribute.LABEL: cfg.label}))
-            if existing:
-                raise KeyStoreError(f'token {cfg.token!r} already holds a key labelled '
-                                    f'{cfg.label!r}; refusing to make a second')
-            key_id = os.urandom(16)
-            params = session.create_domain_parameters(
-                KeyType.EC_EDWARDS, {Attribute.EC_PARAMS: ED25519_EC_PARAMS}, local=True)
-            public, private = params.generate_keypair(
-                id=key_id, label=cfg.label, store=True,
-                public_template={Attribute.TOKEN: True, Attribute.VERIFY: True,
-                                 Attribute.PRIVATE: False},
-                private_template={Attribute.TOKEN: True, Attribute.PRIVATE: True,
-                                  Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False,
-                                  Attribute.SIGN: True, Attribute.DECRYPT: False,
-                                  Attribute.UNWRAP: False, Attribute.DERIVE: False})
-            raw = _ec_point_raw(bytes(public[Attribute.EC_POINT]))
+            with shared.lock:
+                private, raw = _generate_on(shared.session, cfg)
         except pkcs11.PKCS11Error as exc:
-            session.close()
+            _release(shared)
             raise KeyStoreError(f'token {cfg.token!r} could not generate an Ed25519 key '
                                 f'(CKM_EC_EDWARDS_KEY_PAIR_GEN): {exc!r}') from exc
         except BaseException:
-            session.close()
+            _release(shared)
             raise
-        return cls(cfg, session, private, raw)
+        return cls(cfg, shared, private, raw)
 
     @classmethod
     def open(cls, cfg: Pkcs11Config, pin: str) -> Pkcs11Signer:
@@ -453,21 +501,23 @@ class Pkcs11Signer:
         import pkcs11
         from pkcs11 import Attribute, KeyType, ObjectClass
 
-        session = _open_session(cfg, pin, rw=False)
+        shared = _acquire(cfg, pin)
+        session = shared.session
         try:
-            private = session.get_key(ObjectClass.PRIVATE_KEY, KeyType.EC_EDWARDS,
-                                      label=cfg.label)
-            public = session.get_key(ObjectClass.PUBLIC_KEY, KeyType.EC_EDWARDS,
-                                     label=cfg.label)
-            raw = _ec_point_raw(bytes(public[Attribute.EC_POINT]))
+            with shared.lock:
+                private = session.get_key(ObjectClass.PRIVATE_KEY, KeyType.EC_EDWARDS,
+                                          label=cfg.label)
+                public = session.get_key(ObjectClass.PUBLIC_KEY, KeyType.EC_EDWARDS,
+                                         label=cfg.label)
+                raw = _ec_point_raw(bytes(public[Attribute.EC_POINT]))
         except pkcs11.NoSuchKey as exc:
-            session.close()
+            _release(shared)
             raise KeyStoreError(f'token {cfg.token!r} holds no Ed25519 key labelled '
                                 f'{cfg.label!r}') from exc
         except pkcs11.PKCS11Error as exc:
-            session.close()
+            _release(shared)
             raise KeyStoreError(f'token {cfg.token!r}: {exc!r}') from exc
-        return cls(cfg, session, private, raw)
+        return cls(cfg, shared, private, raw)
 
 
 def provision_pkcs11(key_dir: Path, cfg: Pkcs11Config, pin: str, device_id: str | None = None,
