@@ -211,7 +211,7 @@ def test_crash_after_durable_flush_keeps_every_complete_chunk(tmp_path: Path):
     assert not res.complete and res.torn_bytes == 0
     assert got == data[:5 * CHUNK] and res.chunks == 5
     assert len(data) - len(got) <= CHUNK      # the documented bound on loss
-    with pytest.raises(AgeError, match='truncated after chunk 4'):
+    with pytest.raises(AgeError, match='truncated: 5 complete chunk'):
         decrypt_bytes(path, allow_truncated=False)
 
 

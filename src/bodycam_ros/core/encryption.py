@@ -580,7 +580,8 @@ def _decrypt(f: BinaryIO, ids: list[X25519PrivateKey], out: Sink,
 
     def result(complete: bool, torn: int) -> DecryptResult:
         if not complete and not allow_truncated:
-            raise AgeError(f'truncated after chunk {chunks - 1} ({torn} torn bytes)', chunks)
+            raise AgeError(f'truncated: {chunks} complete chunk(s), then {torn} torn bytes',
+                           chunks)
         return DecryptResult(complete, plain, chunks, torn, r.size, pt_hash.hexdigest(),
                              r.hash.hexdigest())
 
@@ -620,7 +621,7 @@ def _decrypt(f: BinaryIO, ids: list[X25519PrivateKey], out: Sink,
                 try:
                     pt = aead.decrypt(_chunk_nonce(idx, False), cur, None)
                 except InvalidTag:
-                    if len(cur) == CHUNK_CT:           # a crash cannot leave this
+                    if len(cur) == CHUNK_CT:           # a torn write is shorter than a chunk
                         raise AgeError(f'chunk {idx} failed authentication (changed)',
                                        idx) from None
                     return result(False, len(cur))
