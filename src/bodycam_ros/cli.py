@@ -16,6 +16,7 @@ COMMANDS = {
     'upload': 'drain the evidence spool to a bucket and exit',
     'agency': "the agency's keys and trust store: init, register, revoke, list (off the unit)",
     'provision': "create this unit's signing key (key directory or PKCS#11 token)",
+    'audit': "check a unit's signed audit log: audit verify PATH --trust DIR",
 }
 
 

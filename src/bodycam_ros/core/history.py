@@ -39,7 +39,8 @@ SIGNATURE = 'manifest.sig'
 _MARKS = (MANIFEST, SIGNATURE, 'video.mp4', 'sensors.mcap')
 
 __all__ = ['HistoryError', 'HistoryReader', 'HistoryReport', 'ObjectReader', 'SpoolReader',
-           'bucket_devices', 'file_bucket_reader', 's3_bucket_reader', 'verify_history']
+           'bucket_devices', 'file_bucket_reader', 'file_lister', 's3_bucket_reader',
+           's3_lister', 'verify_history']
 
 
 class HistoryError(RuntimeError):
@@ -127,7 +128,7 @@ class ObjectReader:
         return None if key is None else self._get(key)
 
 
-def _file_list(root: Path) -> Callable[[str], list[str]]:
+def file_lister(root: Path) -> Callable[[str], list[str]]:
     def list_keys(prefix: str) -> list[str]:
         out = []
         for dirpath, dirs, files in os.walk(root):
@@ -156,31 +157,36 @@ def file_bucket_reader(root: Path, device_id: str, prefix: str = '') -> ObjectRe
     root = Path(root)
     if not root.is_dir():
         raise HistoryError(f'bucket directory {root} does not exist')
-    return ObjectReader(_file_list(root), _file_get(root), device_id, prefix,
+    return ObjectReader(file_lister(root), _file_get(root), device_id, prefix,
                         source=f'file://{root}')
 
 
 def s3_bucket_reader(client: Any, bucket: str, device_id: str, prefix: str = '') -> ObjectReader:
     """An ``s3://bucket/prefix`` through a boto3 S3 client the caller made (credentials,
     endpoint and TLS are the caller's)."""
-    def list_keys(pfx: str) -> list[str]:
-        out: list[str] = []
-        for page in client.get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=pfx):
-            out.extend(o['Key'] for o in page.get('Contents', []))
-        return out
-
     def get(key: str) -> bytes | None:
         try:
             return client.get_object(Bucket=bucket, Key=key)['Body'].read()
         except client.exceptions.NoSuchKey:
             return None
     src = f's3://{bucket}' + (f'/{prefix.strip("/")}' if prefix.strip('/') else '')
-    return ObjectReader(list_keys, get, device_id, prefix, source=src)
+    return ObjectReader(s3_lister(client, bucket), get, device_id, prefix, source=src)
+
+
+def s3_lister(client: Any, bucket: str) -> Callable[[str], list[str]]:
+    """Every key under a prefix of an S3 bucket (boto3 client, paginated)."""
+    def list_keys(pfx: str) -> list[str]:
+        out: list[str] = []
+        for page in client.get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=pfx):
+            out.extend(o['Key'] for o in page.get('Contents', []))
+        return out
+    return list_keys
 
 
 def bucket_devices(list_keys: Callable[[str], Iterable[str]], prefix: str = '') -> list[str]:
     """Every device with anything under ``prefix`` (a ledger or incidents): each must be
-    verified, so a device whose ledger was deleted is not skipped."""
+    verified, so a device whose ledger was deleted is not skipped. ``list_keys``:
+    :func:`file_lister` or :func:`s3_lister`."""
     base = prefix.strip('/') + '/' if prefix.strip('/') else ''
     return sorted({k[len(base):].split('/', 1)[0] for k in list_keys(base)
                    if '/' in k[len(base):]})
