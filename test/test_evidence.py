@@ -184,22 +184,42 @@ def test_chain_catches_a_deleted_or_foreign_incident(evidence_root: Path, tmp_pa
     assert evidence_root / 'spool' / foreign.name / 'manifest.json' in report.bad_files
 
 
-def test_pressure_deletes_only_uploaded_incidents_oldest_first(evidence_root: Path):
+def test_a_pruned_incident_still_verifies(evidence_root: Path):
+    """The uploader's prune (ev.prune_incident): the chain link goes to pruned.jsonl first."""
     dirs = incidents(evidence_root)
-    for d in (dirs[0], dirs[2]):
-        (d / 'upload.json').write_text(json.dumps({'verified': True}))
-    (dirs[1] / 'upload.json').write_text(json.dumps({'verified': False}))
-    sizes = [ev_size(d) for d in dirs]
-    used = ev_size(evidence_root)
-    # Emulated free space: a quota just one incident short of the floor.
-    store = EvidenceStore(evidence_root, quota_bytes=used + 1000)
-    assert store.prune(min_free=1000 + sizes[0] // 2) == [dirs[0].name]
+    m = (dirs[0] / 'manifest.json').read_bytes()
+    ev.prune_incident(evidence_root, dirs[0], dirs[0].name, 1, ev.sha256_bytes(m))
     assert not dirs[0].exists() and dirs[1].exists() and dirs[2].exists()
-    assert ev.verify_tree(evidence_root).ok                  # pruned.jsonl bridges the chain
-    assert store.prune(min_free=10 * used) == [dirs[2].name]  # never the un-uploaded one
-    assert dirs[1].exists()
     report = ev.verify_tree(evidence_root)
     assert report.ok, report.as_dict()
+
+
+def test_recorder_under_disk_pressure_deletes_nothing_not_even_uploaded(evidence_root: Path):
+    """One pruner: the uploader. The recorder only reports disk_low and keeps recording."""
+    dirs = incidents(evidence_root)
+    for d in dirs:
+        (d / 'upload.json').write_text(json.dumps({'verified': True}))
+    before = {p: p.read_bytes() for d in dirs for p in d.iterdir()}
+    used = ev_size(evidence_root)
+    store = EvidenceStore(evidence_root, quota_bytes=used + 1000)      # nearly full
+    rec = Recorder(store, LookbackRing(3.0, 1 << 26), ev.DeviceKey.load_or_create(store.keys),
+                   RecorderConfig(pre_event_s=1.0, post_event_s=0.2, min_free_bytes=used,
+                                  disk_check_s=0.05))
+    rec.start()
+    assert wait_for(lambda: rec.status().disk_low)
+    packets = encode_clip(60, t0=5000.0)
+    for i, p in enumerate(packets):
+        rec.on_video(p)
+        if i == 40:
+            rec.on_command(Command('start', 'holster', p.t, 'a', p.t))
+    rec.on_command(Command('stop', 'holster', packets[-1].t, 'b', packets[-1].t))
+    rec.tick(packets[-1].t + 1.0)
+    assert wait_for(lambda: rec.status().sealed == 1)                  # still recording
+    rec.close()
+    assert {p: p.read_bytes() for d in dirs for p in d.iterdir()} == before
+    assert not (evidence_root / 'pruned.jsonl').exists()
+    assert any('disk low' in e for e in rec.events()) or rec.status().disk_low
+    assert len(store.sealed()) == 4 and ev.verify_tree(evidence_root).ok
 
 
 def ev_size(path: Path) -> int:

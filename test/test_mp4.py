@@ -1,11 +1,16 @@
-"""Fragmented MP4 from the camera's own encoder: continuous, ≤ 1 s fragments, repairable."""
+"""Fragmented MP4 from the camera's own encoder: continuous, ≤ 1 s fragments, repairable;
+probe and repair hold their contract on mutated files (hypothesis)."""
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bodycam_ros.core.h264 import H264Encoder
 from bodycam_ros.core.mp4 import Fmp4Writer, Mp4Error, _boxes, probe, repair
@@ -83,8 +88,8 @@ def test_clip_starts_only_on_a_keyframe(tmp_path: Path):
     assert frame_counters(tmp_path / 'v.mp4') == list(range(30, 60))
 
 
-def test_repair_drops_only_a_torn_last_fragment(tmp_path: Path):
-    path = tmp_path / 'v.mp4'
+def test_repair_drops_only_a_torn_last_fragment_into_a_copy(tmp_path: Path):
+    path, out = tmp_path / 'v.mp4', tmp_path / 'repaired.mp4'
     packets = encode_clip(120)
     sink = io.BytesIO()
     w = Fmp4Writer(sink, 1.0)
@@ -94,21 +99,129 @@ def test_repair_drops_only_a_torn_last_fragment(tmp_path: Path):
             sizes.append(len(sink.getvalue()))
     # A crash in the middle of writing the third fragment: half of it on disk.
     cut = sizes[1] + (sizes[2] - sizes[1]) // 2
-    path.write_bytes(sink.getvalue()[:cut])
-    rep = repair(path)
+    torn = sink.getvalue()[:cut]
+    path.write_bytes(torn)
+    rep = repair(path, out)
     assert rep.playable and rep.fragments == 2
-    assert rep.size_after == sizes[1] and path.stat().st_size == sizes[1]
-    assert frame_counters(path) == list(range(60))
-    assert ffprobe_frames(path) == 60
-    assert repair(path).dropped_bytes == 0      # idempotent
+    assert path.read_bytes() == torn            # the original is evidence: never touched
+    assert rep.size_after == sizes[1] and out.read_bytes() == torn[:sizes[1]]
+    assert frame_counters(out) == list(range(60))
+    assert ffprobe_frames(out) == 60
+    assert repair(out, tmp_path / 'again.mp4').dropped_bytes == 0      # idempotent
 
 
 def test_header_only_file_is_left_alone(tmp_path: Path):
     path = tmp_path / 'v.mp4'
     torn = b'\x00\x00\x00\x18ftypisom'           # torn inside the first box
     path.write_bytes(torn)
-    rep = repair(path)
+    rep = repair(path, tmp_path / 'out.mp4')
     assert not rep.playable and path.read_bytes() == torn
+    assert not (tmp_path / 'out.mp4').exists()
+
+
+def test_probe_names_a_damaged_sample_entry_as_mp4error(tmp_path: Path):
+    """Regression: a zeroed codec fourcc in moov gave AttributeError ('width')."""
+    path = tmp_path / 'v.mp4'
+    path.write_bytes(clean_fmp4().replace(b'avc1', bytes(4), 1))
+    with pytest.raises(Mp4Error, match='v.mp4'):
+        probe(path)
+
+
+def test_probe_names_undecodable_metadata_as_mp4error(tmp_path: Path):
+    """Regression: a non-UTF-8 byte in the handler name gave UnicodeDecodeError."""
+    data = bytearray(clean_fmp4())
+    hdlr = data.index(b'hdlr')
+    name = hdlr + 4 + 4 + 4 + 4 + 12            # version/flags, pre_defined, type, reserved
+    data[name] = 0xFF
+    path = tmp_path / 'v.mp4'
+    path.write_bytes(bytes(data))
+    try:
+        probe(path)
+    except Mp4Error:
+        pass
+
+
+@lru_cache(maxsize=1)
+def clean_fmp4() -> bytes:
+    """2 s of the test pattern through the project's own muxer (what the recorder writes)."""
+    sink = io.BytesIO()
+    w = Fmp4Writer(sink, 1.0)
+    for p in encode_clip(60):
+        w.write(p)
+    w.close()
+    return sink.getvalue()
+
+
+@st.composite
+def mutated_fmp4(draw) -> bytes:
+    """Real fMP4 bytes with flips, overwritten box sizes, cuts and inserted junk."""
+    data = bytearray(clean_fmp4())
+    boxes = []
+    pos = 0
+    while pos + 8 <= len(data):                 # every box header, nested ones too
+        boxes.append(pos)
+        size, kind = struct.unpack('>I4s', data[pos:pos + 8])
+        container = kind in (b'moov', b'trak', b'mdia', b'minf', b'stbl', b'moof', b'traf',
+                             b'mvex', b'dinf')
+        pos = pos + 8 if container else pos + max(size, 8)
+    for _ in range(draw(st.integers(1, 6))):
+        op = draw(st.sampled_from(['flip', 'byte', 'size', 'cut', 'insert']))
+        if not data:
+            break
+        if op == 'flip':
+            i = draw(st.integers(0, len(data) - 1))
+            data[i] ^= 1 << draw(st.integers(0, 7))
+        elif op == 'byte':
+            i = draw(st.integers(0, min(len(data), 2000) - 1))    # mostly the header
+            data[i] = draw(st.integers(0, 255))
+        elif op == 'size':
+            b = draw(st.sampled_from(boxes))
+            if b + 4 <= len(data):
+                data[b:b + 4] = struct.pack('>I', draw(st.sampled_from(
+                    [0, 1, 7, 8, 9, 0x7FFFFFFF, 0xFFFFFFFF, draw(st.integers(0, 1 << 20))])))
+        elif op == 'cut':
+            data = data[:draw(st.integers(0, len(data)))]
+        else:
+            i = draw(st.integers(0, len(data)))
+            data[i:i] = draw(st.binary(min_size=1, max_size=64))
+    return bytes(data)
+
+
+_PROPS = settings(max_examples=60, deadline=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                         HealthCheck.function_scoped_fixture])
+
+
+@_PROPS
+@given(data=mutated_fmp4())
+def test_probe_raises_only_mp4error_on_mutated_files(tmp_path: Path, data: bytes):
+    path = tmp_path / 'm.mp4'
+    path.write_bytes(data)
+    try:
+        info = probe(path)
+    except Mp4Error:
+        return
+    assert info.frames >= 0 and info.keyframes <= info.frames
+
+
+@_PROPS
+@given(data=mutated_fmp4())
+def test_repair_never_touches_the_original_and_keeps_a_prefix(tmp_path: Path, data: bytes):
+    src, dst = tmp_path / 'm.mp4', tmp_path / 'r.mp4'
+    dst.unlink(missing_ok=True)
+    src.write_bytes(data)
+    rep = repair(src, dst)
+    assert src.read_bytes() == data
+    assert rep.size_before == len(data) and 0 <= rep.size_after <= len(data)
+    if rep.playable:
+        assert dst.read_bytes() == data[:rep.size_after]
+        assert repair(dst, tmp_path / 'r2.mp4').dropped_bytes == 0
+        try:
+            probe(dst)
+        except Mp4Error:
+            pass
+    else:
+        assert not dst.exists()
 
 
 def test_keyframe_without_parameter_sets_is_refused():

@@ -3,7 +3,8 @@
 Fragmented MP4 (``empty_moov``: the header carries no sample table) means the file is
 playable up to its last complete fragment however the writer dies; with a fragment cut at
 every keyframe and at least every ``fragment_s`` seconds a crash loses at most one fragment.
-:func:`repair` drops a torn last fragment so players and hashes see a clean file.
+:func:`repair` copies everything up to the last complete fragment into a new file, so
+players see a clean clip while the file as the crash left it stays untouched as evidence.
 """
 from __future__ import annotations
 
@@ -173,12 +174,8 @@ def _boxes(f: io.BufferedReader, size: int):
         pos += length
 
 
-def repair(path: Path) -> RepairReport:
-    """Truncate a fragmented MP4 after its last complete fragment (a crash's torn tail).
-
-    Leaves a file without a complete header untouched (``playable`` False): there is no
-    frame in it to save, and nothing is destroyed.
-    """
+def scan(path: Path) -> RepairReport:
+    """What :func:`repair` would keep of ``path``; reads only."""
     size = path.stat().st_size
     with open(path, 'rb') as f:
         boxes = list(_boxes(f, size))
@@ -197,20 +194,49 @@ def repair(path: Path) -> RepairReport:
                 fragments += 1
             pending_moof = False
         keep = end
-    if keep < size:
-        with open(path, 'r+b') as f:
-            f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
     return RepairReport(size, keep, fragments, True)
 
 
+def repair(src: Path, dst: Path) -> RepairReport:
+    """Copy ``src`` up to its last complete fragment into ``dst`` (fsynced); ``src`` is never
+    written: after a crash it is evidence as found.
+
+    Without a complete header (``playable`` False) there is no frame to save and ``dst`` is
+    not created.
+    """
+    rep = scan(src)
+    if not rep.playable:
+        return rep
+    left = rep.size_after
+    with open(src, 'rb') as fin, open(dst, 'wb') as fout:
+        while left > 0:
+            block = fin.read(min(left, 1 << 20))
+            if not block:            # shrank under us: keep what was read, say so
+                raise Mp4Error(f'{src} shrank to {rep.size_after - left} bytes while copied')
+            fout.write(block)
+            left -= len(block)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return rep
+
+
 def probe(path: Path) -> Mp4Info:
-    """Count the samples of an MP4 without decoding (for manifests of recovered clips)."""
+    """Count the samples of an MP4 without decoding (for manifests of recovered clips).
+
+    Raises:
+        Mp4Error: whatever is wrong with the file (the only error it raises: a recovered
+            clip may hold any bytes).
+    """
     import av
     try:
-        with av.open(str(path)) as c:
+        # metadata_errors: a handler name or tag in a damaged header need not be UTF-8.
+        with av.open(str(path), metadata_errors='replace') as c:
+            if not c.streams.video:
+                raise Mp4Error(f'{path}: no video stream')
             s = c.streams.video[0]
+            ctx = s.codec_context
+            if ctx is None:
+                raise Mp4Error(f'{path}: video stream with an unknown codec')
             frames = keys = 0
             first = last = None
             for p in c.demux(s):
@@ -225,7 +251,7 @@ def probe(path: Path) -> Mp4Info:
                     last = end if last is None else max(last, end)
             tb = s.time_base or Fraction(1, TIMESCALE)
             duration = float((last - first) * tb) if frames and first is not None else 0.0
-            return Mp4Info(frames, keys, duration, s.codec_context.width,
-                           s.codec_context.height)
-    except (av.FFmpegError, IndexError) as exc:
-        raise Mp4Error(f'{path}: not a readable MP4: {exc}') from exc
+            return Mp4Info(frames, keys, duration, ctx.width, ctx.height)
+    except (av.FFmpegError, IndexError, UnicodeDecodeError, ValueError,
+            OverflowError, ZeroDivisionError) as exc:
+        raise Mp4Error(f'{path}: not a readable MP4: {type(exc).__name__}: {exc}') from exc

@@ -5,8 +5,10 @@ RAM. A ``recorder/command`` start opens an incident reaching back to the keyfram
 before ``trigger_time - pre_event_s``; later starts extend it; a stop begins the
 ``post_event_s`` post-roll, after which the incident is sealed (signed, hash-chained) and
 moved into the spool for the uploader. On start-up, incidents a crash left unsealed are
-repaired and sealed as ``recovered``. Publishes ``recorder/status`` (~1 Hz and on every
-state change) and ``/diagnostics``.
+repaired (into a copy: the clip as found is kept) and sealed as ``recovered``, each on its
+own; one that cannot be sealed is quarantined with its reason. The recorder never deletes
+evidence (the uploader prunes): under disk pressure it reports ERROR and keeps recording.
+Publishes ``recorder/status`` (~1 Hz and on every state change) and ``/diagnostics``.
 """
 from __future__ import annotations
 
@@ -118,7 +120,8 @@ class RecorderNode(Node):
                                   'look-back [bytes]', min_value=1_000_000,
                                   max_value=8_000_000_000),
             'min_free_bytes': d('min_free_bytes', 500_000_000, 'free-space floor: below it '
-                                'uploaded incidents are deleted, oldest first [bytes]',
+                                'the recorder reports ERROR (disk low) and keeps recording; '
+                                'it deletes nothing [bytes]',
                                 min_value=0, max_value=1 << 50),
             'max_evidence_bytes': d('max_evidence_bytes', 0, 'space evidence may use at most '
                                     '(0 = the whole disk) [bytes]', min_value=0,
@@ -202,7 +205,8 @@ class RecorderNode(Node):
             incident_id=st.incident_id, free_bytes=st.free_bytes,
             triggers=','.join(st.triggers), frames=st.frames, queue_length=st.queue_length,
             pending_bytes=st.pending_bytes, sealed_count=st.sealed,
-            recovered_count=st.recovered, pruned_count=st.pruned, last_sealed=st.last_sealed,
+            recovered_count=st.recovered, quarantined_count=st.quarantined,
+            last_sealed=st.last_sealed,
             pre_event_s=self._p['pre_event_s'], video_age_s=video_age,
             fsync_ms=st.sync_ms_mean, disk_error=st.disk_error,
             seal_failures=st.seal_failures, writer_errors=st.writer_errors, problem=problem,
@@ -218,7 +222,10 @@ class RecorderNode(Node):
             return ERROR, f'disk error: {st.disk_error}'
         if st.disk_low:
             return ERROR, (f'disk low: {st.free_bytes} bytes free < min_free_bytes '
-                           f'{self._p["min_free_bytes"]} and no uploaded incident to delete')
+                           f'{self._p["min_free_bytes"]}; still recording, deleting nothing')
+        if st.quarantined_now:
+            return ERROR, (f'{st.quarantined_now} incident(s) could not be sealed and are in '
+                           f'{self._store.quarantine}; see quarantine.json in each')
         if st.writer_errors:
             return ERROR, f'{st.writer_errors} writer error(s); see the log'
         if self._last_video is None or self._now() - self._last_video > VIDEO_STALE_S:

@@ -1,0 +1,82 @@
+"""The evidence directory's layout: the one place that names its paths.
+
+Layout under ``evidence_dir`` (the recorder writes ``recording/`` and ``spool/``; the uploader
+reads ``spool/``, writes ``upload.json`` beside each manifest, and is the only process that
+deletes, logging each deletion in ``pruned.jsonl`` first)::
+
+    recording/<incident_id>/   in progress: video.mp4, sensors.journal, incident.jsonl
+    spool/<incident_id>/       sealed: video.mp4, sensors.mcap, manifest.json, manifest.sig
+                               (+ video.original.mp4 when recovery repaired the clip)
+    quarantine/<incident_id>/  crash-left incidents that could not be sealed, kept byte for
+                               byte, with quarantine.json saying why
+    keys/device_ed25519        the signing key (0600) and device_ed25519.pub
+    chain_head                 the newest sealed manifest's hash and sequence
+    pruned.jsonl               incidents deleted after a verified upload (chain links)
+    .recorder.lock             held by the one recorder process using the directory
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bodycam_ros.core import evidence as ev
+
+RECORDING = 'recording'
+SPOOL = 'spool'
+QUARANTINE = 'quarantine'
+KEYS = 'keys'
+LOCK = '.recorder.lock'
+
+VIDEO = 'video.mp4'
+#: The clip exactly as a crash left it, kept beside the repaired ``video.mp4``.
+VIDEO_ORIGINAL = 'video.original.mp4'
+SENSORS = 'sensors.mcap'
+SENSORS_UNREADABLE = 'sensors.unreadable'
+JOURNAL = 'sensors.journal'
+EVENTS = 'incident.jsonl'
+#: Files that exist only while an incident records; sealing folds them into the manifest.
+WORK_FILES = (JOURNAL, EVENTS)
+#: Why an incident sits in quarantine/ (machine-readable).
+QUARANTINE_REASON = 'quarantine.json'
+
+
+class SpoolError(RuntimeError):
+    """The evidence store cannot be used (layout, permissions, a corrupt incident)."""
+
+
+@dataclass(frozen=True)
+class EvidenceLayout:
+    """Paths under one evidence directory; creates nothing (readers use it too)."""
+    root: Path
+
+    @property
+    def recording(self) -> Path:
+        return self.root / RECORDING
+
+    @property
+    def spool(self) -> Path:
+        return self.root / SPOOL
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / QUARANTINE
+
+    @property
+    def keys(self) -> Path:
+        return self.root / KEYS
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
+
+    @property
+    def chain_head(self) -> Path:
+        return self.root / ev.CHAIN_HEAD
+
+    @property
+    def pruned_log(self) -> Path:
+        return self.root / ev.PRUNED_LOG
+
+    @property
+    def public_key(self) -> Path:
+        return self.keys / f'{ev.KEY_NAME}.pub'

@@ -1,0 +1,246 @@
+"""Sealing: ``recording/<id>`` becomes a signed, hash-chained ``spool/<id>``.
+
+Each step is safe to repeat after a crash. Recovery never writes the clip a crash left: when
+its tail is torn, the clip is renamed ``video.original.mp4`` (bytes untouched) and the
+complete fragments are copied into a new ``video.mp4``; the manifest hashes both.
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bodycam_ros.core import evidence as ev
+from bodycam_ros.core.fsio import fsync_dir
+from bodycam_ros.core.mp4 import Mp4Error, probe, repair
+from bodycam_ros.core.sidecar import JournalRead, SidecarError, read_journal, write_mcap
+from bodycam_ros.core.spool.layout import (EVENTS, JOURNAL, SENSORS, SENSORS_UNREADABLE,
+                                               VIDEO, VIDEO_ORIGINAL, WORK_FILES)
+from bodycam_ros.core.spool.store import EvidenceStore
+from bodycam_ros.core.spool.writer import read_events
+
+
+class SealError(ValueError):
+    """An incident whose records cannot become a manifest (a value no signed JSON can hold)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    device_id: str
+    officer_id: str
+    software_version: str
+    pre_event_s: float
+    post_event_s: float
+
+
+def seal(store: EvidenceStore, directory: Path, key: ev.DeviceKey, ident: Identity,
+         recovered: bool) -> Path:
+    """Turn ``recording/<id>`` into a signed, chained ``spool/<id>``; return the new path.
+
+    Steps, each safe to repeat after a crash: (0) read the lifecycle records (a bad one
+    raises before any file is touched), (1) repair the video into a copy if recovering,
+    (2) journal -> sensors.mcap, (3) manifest + signature, (4) chain head (the commit
+    point), (5) drop work files, (6) rename into the spool.
+
+    Raises:
+        OSError: the disk (retry later). SealError, ValueError: this incident's own records
+            cannot be sealed (quarantine it).
+    """
+    head = store.chain_head()
+    manifest_path = directory / ev.MANIFEST
+    if manifest_path.exists():
+        if ev.sha256_bytes(manifest_path.read_bytes()) == head.sha256:
+            return _finish(store, directory)   # committed before a crash: only move it
+        for name in (ev.MANIFEST, ev.SIGNATURE):
+            (directory / name).unlink(missing_ok=True)
+    for tmp in directory.glob('.*'):           # half-written temp files of an interrupted seal
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+    events = read_events(directory / EVENTS)
+    opened = next((e for e in events if e.get('type') == 'open'), {})
+    closed = next((e for e in reversed(events) if e.get('type') == 'close'), None)
+    vstart = next((e for e in events if e.get('type') == 'video_start'), None)
+    meta = _lifecycle(events, opened, directory)
+    incident_id = meta['incident_id']
+    recovery: dict[str, Any] | None = None
+
+    video: dict[str, Any] = {'present': False, 'frame_count': 0}
+    vpath = directory / VIDEO
+    if vpath.exists() or (directory / VIDEO_ORIGINAL).exists():
+        if recovered or closed is None:
+            recovery = _repair_video(directory)
+            info = None
+            if recovery['video_playable']:
+                try:
+                    info = probe(vpath)
+                except Mp4Error as exc:
+                    recovery['video_playable'] = False
+                    recovery['video_error'] = str(exc)
+            first_t = _number(vstart.get('t')) if vstart else None
+            video = {'present': True, 'frame_count': info.frames if info else 0,
+                     'keyframes': info.keyframes if info else 0,
+                     'width': info.width if info else None,
+                     'height': info.height if info else None,
+                     'first_stamp': first_t,
+                     'last_stamp': (first_t + info.duration_s) if (first_t is not None and
+                                                                    info) else None}
+        else:
+            video = {'present': True, 'frame_count': closed.get('frames', 0),
+                     'keyframes': closed.get('keyframes', 0), 'width': closed.get('width'),
+                     'height': closed.get('height'), 'first_stamp': closed.get('first_t'),
+                     'last_stamp': closed.get('last_t')}
+        video['codec'] = 'h264'
+        video['container'] = 'fragmented mp4'
+
+    sensors: dict[str, Any] = {'messages': {}}
+    gps: dict[str, Any] = {'fixes': 0}
+    jpath = directory / JOURNAL
+    start_t = video.get('first_stamp')
+    end_t = video.get('last_stamp')
+    if jpath.exists():
+        try:
+            jr = read_journal(jpath)
+        except SidecarError:
+            # Not ours to judge or drop: keep the bytes as they are, hashed and signed.
+            os.replace(jpath, directory / SENSORS_UNREADABLE)
+            jr = JournalRead([], 0)
+            recovery = (recovery or {}) | {'sensor_journal_unreadable': True}
+        if jr.torn_bytes:
+            recovery = (recovery or {}) | {'sensor_journal_torn_bytes': jr.torn_bytes}
+        if jr.records:
+            bag = write_mcap(jr.records, directory / SENSORS)
+            sensors = {'messages': bag.messages, 'skipped_types': bag.skipped,
+                       'first_stamp': bag.start_t, 'last_stamp': bag.end_t}
+            gps = bag.gps.as_dict()
+            if start_t is None:
+                start_t = bag.start_t
+            end_t = max(t for t in (end_t, bag.end_t) if t is not None)
+
+    ros_minus_wall = meta['ros_minus_wall']
+    files = {}
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and path.name not in WORK_FILES and not path.name.startswith('.'):
+            digest, size = ev.sha256_file(path)
+            files[path.name] = {'sha256': digest, 'size': size}
+    manifest = {
+        'format': ev.FORMAT,
+        'incident_id': incident_id,
+        'sequence': head.sequence + 1,
+        'prev_manifest_sha256': head.sha256,
+        'prev_incident_id': head.incident_id or None,
+        'device_id': opened.get('device_id', ident.device_id),
+        'officer_id': opened.get('officer_id', ident.officer_id),
+        'software': {'name': 'bodycam_ros',
+                     'version': opened.get('software_version', ident.software_version)},
+        'device_public_key': ev.public_key_field(key),
+        'device_key_sha256': key.fingerprint,
+        'triggers': meta['triggers'],
+        'stops': meta['stops'],
+        'pre_event_s': opened.get('pre_event_s', ident.pre_event_s),
+        'post_event_s': opened.get('post_event_s', ident.post_event_s),
+        'start_time': _wall(start_t, ros_minus_wall),
+        'end_time': _wall(end_t, ros_minus_wall),
+        'start_ros_time': start_t,
+        'end_ros_time': end_t,
+        'start_iso': _iso(_wall(start_t, ros_minus_wall)),
+        'end_iso': _iso(_wall(end_t, ros_minus_wall)),
+        'opened_time': opened.get('wall_time'),
+        'sealed_time': time.time(),
+        'end_reason': closed.get('reason') if closed and not recovered else 'recovered',
+        'frame_count': video.get('frame_count', 0),
+        'video': video,
+        'sensors': sensors,
+        'gps_track': gps,
+        'files': files,
+        'recovered': bool(recovered),
+        'recovery': recovery,
+    }
+    sha = ev.sign_into(directory, manifest, key)
+    ev.ChainHead(sha, head.sequence + 1, incident_id).write(store.chain_head_path)
+    return _finish(store, directory)
+
+
+def _lifecycle(events: list[dict[str, Any]], opened: dict[str, Any],
+               directory: Path) -> dict[str, Any]:
+    """The manifest fields taken from ``incident.jsonl``, checked before any file is touched:
+    a value canonical JSON cannot hold (NaN, a string clock) raises SealError here."""
+    triggers = [{'reason': e.get('reason'), 'time': e.get('trigger_time'),
+                 'command_id': e.get('command_id'), 'received_time': e.get('received')}
+                for e in events if e.get('type') == 'trigger']
+    stops = [{'time': e.get('stop_time'), 'command_id': e.get('command_id'),
+              'received_time': e.get('received')} for e in events if e.get('type') == 'stop']
+    # Message stamps are ROS time; the open record pairs ROS and wall clocks once.
+    try:
+        ros_minus_wall = float(opened.get('ros_time', 0.0)) - \
+            float(opened.get('wall_time', 0.0)) if opened else 0.0
+    except (TypeError, ValueError) as exc:
+        raise SealError(f'{directory.name}: open record clocks {opened.get("ros_time")!r}, '
+                        f'{opened.get("wall_time")!r}: {exc}') from exc
+    if not math.isfinite(ros_minus_wall):
+        raise SealError(f'{directory.name}: open record clocks are not finite')
+    incident_id = opened.get('incident_id', directory.name)
+    if incident_id != directory.name:
+        raise SealError(f'{directory.name}: open record names incident {incident_id!r}')
+    fields = {'triggers': triggers, 'stops': stops, 'opened': opened}
+    try:
+        ev.canonical(fields)
+    except (TypeError, ValueError) as exc:
+        raise SealError(f'{directory.name}: {EVENTS} holds a value no manifest can: '
+                        f'{exc}') from exc
+    return {'incident_id': incident_id, 'triggers': triggers, 'stops': stops,
+            'ros_minus_wall': ros_minus_wall}
+
+
+def _repair_video(directory: Path) -> dict[str, Any]:
+    """Make ``video.mp4`` end on a complete fragment without writing the crash's bytes.
+
+    A torn clip is renamed ``video.original.mp4`` (one atomic rename: the bytes are never
+    opened for writing) and its complete fragments copied into a new ``video.mp4``. Safe to
+    repeat: if the original already exists it is the source.
+    """
+    vpath, original = directory / VIDEO, directory / VIDEO_ORIGINAL
+    source = original if original.exists() else vpath
+    tmp = directory / f'.{VIDEO}.repaired'
+    rep = repair(source, tmp)
+    out: dict[str, Any] = {'video_dropped_bytes': rep.dropped_bytes,
+                           'video_fragments': rep.fragments, 'video_playable': rep.playable,
+                           'video_original': None}
+    if source == vpath and (not rep.playable or rep.dropped_bytes == 0):
+        tmp.unlink(missing_ok=True)       # nothing to cut: the clip stays as it is
+        return out
+    if source == vpath:
+        os.replace(vpath, original)
+        fsync_dir(directory)
+    out['video_original'] = VIDEO_ORIGINAL
+    if rep.playable:
+        os.replace(tmp, vpath)
+    fsync_dir(directory)
+    return out
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _wall(t: float | None, ros_minus_wall: float) -> float | None:
+    return None if t is None else round(t - ros_minus_wall, 6)
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(t)) + f'.{int(t % 1 * 1000):03d}Z'
+
+
+def _finish(store: EvidenceStore, directory: Path) -> Path:
+    for name in WORK_FILES:
+        (directory / name).unlink(missing_ok=True)
+    target = store.spool / directory.name
+    os.replace(directory, target)
+    fsync_dir(store.spool)
+    fsync_dir(store.recording)
+    return target
