@@ -20,36 +20,18 @@ import math
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum, IntEnum
 
 from bodycam_ros.core.detectors.base import Source, TriggerState
+# The recorder command and the per-source levels are messages: their one definition (and
+# codec) is in core.messages. Level: OK idle, WARN active, ERROR sensor fault, STALE no data.
+from bodycam_ros.core.messages import CommandKind, Level, Reason, RecorderCommand
+
+__all__ = ['ORDER', 'CommandKind', 'Fusion', 'FusionError', 'Health', 'Level',
+           'RecorderCommand', 'SourceStatus', 'StopDecision']
 
 
 class FusionError(ValueError):
     """A fusion parameter out of range."""
-
-
-class Level(IntEnum):
-    """Per-source level on ``bodycam/triggers``; values match diagnostic_msgs/DiagnosticStatus."""
-    OK = 0       # idle
-    WARN = 1     # active: this trigger wants the camera recording
-    ERROR = 2    # the source's sensor is faulty
-    STALE = 3    # no data from the source's sensor
-
-
-class CommandKind(str, Enum):
-    START = 'start'
-    STOP = 'stop'
-
-
-@dataclass(frozen=True)
-class RecorderCommand:
-    """One message for ``recorder/command``."""
-    kind: CommandKind
-    reason: str            # a Source value, or 'auto_stop' for a stop
-    trigger_time: float    # when the trigger began (start) or the stop was decided
-    command_id: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -112,7 +94,7 @@ class Fusion:
             since = st.since if st.since is not None else (was if was is not None else now)
             # New activation: it was idle, or it re-fired (a later 'since') in between.
             if was is None or since > was:
-                out.append(RecorderCommand(CommandKind.START, st.source.value, since,
+                out.append(RecorderCommand(CommandKind.START, Reason(st.source.value), since,
                                            self._new_id(), f'{st.source.value}: {st.message}'))
                 self.starts += 1
                 self.recording = True
@@ -124,7 +106,7 @@ class Fusion:
         if (self.auto_stop_s > 0 and self.recording and not any_active
                 and self._cleared_since is not None
                 and now - self._cleared_since >= self.auto_stop_s):
-            out.append(self._stop('auto_stop', now, f'every trigger clear for '
+            out.append(self._stop(Reason.AUTO_STOP, now, f'every trigger clear for '
                                                    f'{self.auto_stop_s:.0f} s'))
         return out
 
@@ -141,9 +123,9 @@ class Fusion:
             return StopDecision(False, 'refused: officer-down alert open; cancel it first '
                                        '(bodycam trigger cancel)')
         return StopDecision(True, 'stop sent to the recorder',
-                            self._stop('manual', now, 'stopped by the officer'))
+                            self._stop(Reason.MANUAL, now, 'stopped by the officer'))
 
-    def _stop(self, reason: str, now: float, message: str) -> RecorderCommand:
+    def _stop(self, reason: Reason, now: float, message: str) -> RecorderCommand:
         self.recording = False
         self.stops += 1
         self._cleared_since = None

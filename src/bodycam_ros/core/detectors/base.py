@@ -9,19 +9,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from bodycam_ros.core.messages import TRIGGER_SOURCES, Reason
+
 
 class DetectorError(ValueError):
     """A detector parameter outside its valid range (the message names it)."""
 
 
 class Source(str, Enum):
-    """Trigger sources; the value is the name used on ``bodycam/triggers`` and as ``reason``."""
-    HOLSTER = 'holster'
-    DISPATCH_PROXIMITY = 'dispatch_proximity'
-    FIGHT = 'fight'
-    FOOT_PURSUIT = 'foot_pursuit'
-    OFFICER_DOWN = 'officer_down'
-    MANUAL = 'manual'
+    """Trigger sources; the value is the name used on ``bodycam/triggers`` and as ``reason``.
+
+    The strings are :class:`~bodycam_ros.core.messages.Reason`'s, the one list of reasons.
+    """
+    HOLSTER = Reason.HOLSTER.value
+    DISPATCH_PROXIMITY = Reason.DISPATCH_PROXIMITY.value
+    FIGHT = Reason.FIGHT.value
+    FOOT_PURSUIT = Reason.FOOT_PURSUIT.value
+    OFFICER_DOWN = Reason.OFFICER_DOWN.value
+    MANUAL = Reason.MANUAL.value
+
+    @property
+    def reason(self) -> Reason:
+        return Reason(self.value)
+
+
+assert [s.value for s in Source] == [r.value for r in TRIGGER_SOURCES], 'Source != Reason'
 
 
 @dataclass(frozen=True)
