@@ -115,7 +115,8 @@ class Unit:
         return ev.sha256_bytes((self.spool / iid / ev.MANIFEST).read_bytes())
 
     def upload(self, iid: str, bucket: Path) -> dict:
-        """Copy one incident and the ledger into a file:// bucket; the upload record."""
+        """Copy one incident into a file:// bucket, log it uploaded, upload the ledger (as the
+        uploader should); returns the upload record."""
         dst = bucket / self.device_id / DAY / iid
         dst.mkdir(parents=True, exist_ok=True)
         objects = {}
@@ -125,9 +126,13 @@ class Unit:
             objects[p.name] = {'key': f'{self.device_id}/{DAY}/{iid}/{p.name}',
                                'sha256': hashlib.sha256(data).hexdigest(), 'size': len(data),
                                'etag': hashlib.md5(data).hexdigest()}
+        record = {'verified': True, 'bucket': f'file://{bucket}', 'incident_id': iid,
+                  'objects': objects, 'verified_at': self.clock()}
+        seq = self.ids.index(iid) + 1
+        self.ledger.uploaded_from_record(iid, seq, self.manifest_sha(iid), record,
+                                         now=500.0 + seq)
         self.upload_ledger(bucket)
-        return {'verified': True, 'bucket': f'file://{bucket}', 'incident_id': iid,
-                'objects': objects, 'verified_at': self.clock()}
+        return record
 
     def upload_ledger(self, bucket: Path) -> None:
         key = bucket / bucket_key(self.device_id)

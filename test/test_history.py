@@ -19,7 +19,6 @@ from bodycam_ros.core.history import (HistoryError, SpoolReader, bucket_devices,
                                       file_bucket_reader, file_lister, s3_bucket_reader,
                                       s3_lister, verify_history)
 from bodycam_ros.core.ledger import Ledger
-from bodycam_ros.core.signedlog import Head
 
 
 def codes(rep) -> set[str]:
@@ -58,8 +57,8 @@ def local(unit: Unit, trust: Trust, **kw):
 def test_three_incidents_verify_on_the_unit_and_in_the_bucket(unit, trust, bucket) -> None:
     rep = local(unit, trust)
     assert rep.ok, rep.problems
-    assert rep.counts == {'ledger_entries': 3, 'sealed': 3, 'pruned': 0, 'present': 3,
-                          'checked': 3}
+    assert rep.counts == {'ledger_entries': 6, 'sealed': 3, 'uploaded': 3, 'pruned': 0,
+                          'present': 3, 'checked': 3}
     assert rep.device_id == DEVICE
     rep = verify_history(file_bucket_reader(bucket, DEVICE), trust)
     assert rep.ok, rep.problems
@@ -76,11 +75,12 @@ def test_newest_deleted_and_chain_head_rewritten(unit: Unit, trust: Trust) -> No
     assert named(rep, 'missing_incident') == [(newest, 3)]
 
 
-def test_newest_deleted_with_its_ledger_line_only_a_witness_catches(unit, trust, bucket):
+def test_newest_deleted_with_its_ledger_line_only_a_witness_catches(unit, trust, tmp_path):
     """Honest about the gap: cut from the end of everything the unit holds, the history is
     a valid shorter one. The ledger copy in the bucket (or the portal's record) is the
     outside witness that catches it."""
-    witness = verify_history(file_bucket_reader(bucket, DEVICE), trust).ledger.head
+    unit.upload_ledger(tmp_path / 'bucket')
+    witness = verify_history(file_bucket_reader(tmp_path / 'bucket', DEVICE), trust).ledger.head
     shutil.rmtree(unit.spool / unit.ids[-1])
     unit.ledger.path.write_bytes(b''.join(lines(unit.ledger.path)[:-1]))
     assert local(unit, trust).ok
@@ -128,6 +128,19 @@ def test_prune_after_a_verified_upload_is_fine_locally_but_not_gone_from_the_buc
     rep = verify_history(file_bucket_reader(bucket, DEVICE), trust)
     assert named(rep, 'missing_incident') == [(first, 1)]
     assert 'pruned from the unit but not in' in rep.problems[0].message
+
+
+def test_bucket_must_hold_what_the_ledger_says_was_uploaded(unit, trust, bucket) -> None:
+    pending = unit.seal()                      # sealed after the others, not uploaded yet
+    unit.upload_ledger(bucket)
+    rep = verify_history(file_bucket_reader(bucket, DEVICE), trust)
+    assert rep.ok, rep.problems
+    assert [(w.code, w.incident_id) for w in rep.warnings] == [('not_uploaded_yet',
+                                                                pending.name)]
+    newest = unit.ids[2]                       # uploaded, then deleted from the bucket
+    shutil.rmtree(bucket / DEVICE / DAY / newest)
+    rep = verify_history(file_bucket_reader(bucket, DEVICE), trust)
+    assert named(rep, 'missing_incident') == [(newest, 3)]
 
 
 def test_a_prune_logged_before_its_upload_verified_is_no_proof(unit: Unit, trust: Trust,

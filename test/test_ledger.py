@@ -68,7 +68,8 @@ def test_prune_needs_proof_of_a_verified_upload(unit: Unit, tmp_path: Path) -> N
         unit.ledger.pruned_after_upload(iid, 1, '0' * 64, record, now=5.0)
     with pytest.raises(LedgerError, match='no verified_at'):
         unit.ledger.pruned_after_upload(iid, 1, sha, record | {'verified_at': None}, now=5.0)
-    assert len(lines(unit.ledger.path)) == 1          # nothing was written by the refusals
+    # sealed + uploaded; nothing was written by the refusals
+    assert [e.event for e in unit.ledger.entries()] == ['sealed', 'uploaded']
     e = unit.ledger.pruned_after_upload(iid, 1, sha, record, now=5.0)
     assert e.event == 'pruned' and e.data['objects']['manifest.json']['sha256'] == sha
     assert e.data['verified_at'] == record['verified_at']

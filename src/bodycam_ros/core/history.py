@@ -5,8 +5,9 @@
 ``s3://``) and fails, naming the incident and sequence, when a signer is not in the trust store,
 keys are mixed in one chain, a sequence is missing without a signed prune made after the
 incident verified in the bucket, a chain link (ledger entry or manifest) is broken, an incident
-is present that the ledger does not know or the ledger knows one that is gone (in a bucket
-every sealed incident must be present, pruned or not), or the history is empty.
+is present that the ledger does not know or the ledger knows one that is gone (in a bucket,
+every incident the ledger records as uploaded or pruned; one sealed but not yet recorded as
+uploaded is a ``not_uploaded_yet`` warning), or the history is empty.
 
 Only the trust store says who may sign. The ledger entry that seals an incident fixes its
 manifest's SHA-256 and the key that must have signed it; the key a manifest carries, or one
@@ -51,7 +52,8 @@ class HistoryReader(Protocol):
     """Where one device's history is read from."""
     #: Shown in messages: a path or URL.
     source: str
-    #: True for a bucket: every sealed incident must be there, pruned ones included.
+    #: True for a bucket: every incident the ledger records as uploaded (or pruned) must be
+    #: there; False for a unit: every sealed incident unless validly pruned.
     complete: bool
 
     def ledger(self) -> bytes | None: ...        # the raw ledger file, None if absent
@@ -232,9 +234,11 @@ def verify_history(reader: HistoryReader, trust: TrustStore, *, allow_empty: boo
         check_witness(lrep, witness)
         rep.problems += lrep.problems[n:]
     present = reader.incident_ids()
-    seals, pruned = _walk([e for e in lrep.entries if e.line not in lrep.suspect], rep)
+    seals, uploaded, pruned = _walk([e for e in lrep.entries if e.line not in lrep.suspect],
+                                    rep)
     rep.counts = {'ledger_entries': len(lrep.entries), 'sealed': len(seals),
-                  'pruned': len(pruned), 'present': len(present), 'checked': 0}
+                  'uploaded': len(uploaded), 'pruned': len(pruned), 'present': len(present),
+                  'checked': 0}
     if raw is None and present:
         rep.add('no_ledger', f'{reader.source}: {len(present)} incidents but no '
                 f'{lg.LEDGER_FILE}: nothing vouches that the history is complete')
@@ -252,11 +256,16 @@ def verify_history(reader: HistoryReader, trust: TrustStore, *, allow_empty: boo
         if iid in present:
             _check_present(reader, rep, seal, seals.get(seq - 1))
             rep.counts['checked'] += 1
-        elif reader.complete:
+        elif reader.complete and (seq in uploaded or seq in pruned):
             state = 'pruned from the unit but ' if seq in pruned else ''
-            rep.add('missing_incident', f'{iid} (sequence {seq}) was sealed (ledger entry '
-                    f'{seal.seq}) but is {state}not in {reader.source}',
+            rep.add('missing_incident', f'{iid} (sequence {seq}) verified in the bucket '
+                    f'(ledger) but is {state}not in {reader.source}',
                     incident_id=iid, sequence=seq, entry=seal.seq)
+        elif reader.complete:
+            rep.warnings.append(Problem(
+                'not_uploaded_yet', f'{iid} (sequence {seq}) is sealed; this copy of the '
+                'ledger does not record it verified in the bucket yet',
+                incident_id=iid, sequence=seq, entry=seal.seq))
         elif seq not in pruned:
             rep.add('missing_incident', f'{iid} (sequence {seq}) is gone without a signed '
                     'prune record showing it had verified in the bucket',
@@ -269,16 +278,17 @@ def verify_history(reader: HistoryReader, trust: TrustStore, *, allow_empty: boo
     return rep
 
 
-def _walk(entries: list[Entry], rep: HistoryReport) -> tuple[dict[int, Entry], set[int]]:
-    """Seals by incident sequence and the sequences validly pruned, checking their order.
+def _walk(entries: list[Entry],
+          rep: HistoryReport) -> tuple[dict[int, Entry], set[int], set[int]]:
+    """Seals by incident sequence, the sequences with valid upload and prune proofs.
     ``entries`` are only those signed by the chain's registered key: a forged prune or seal
     counts for nothing (its signer is already a problem)."""
     seals: dict[int, Entry] = {}
     ids: dict[str, int] = {}
-    pruned: set[int] = set()
+    proven: dict[str, set[int]] = {lg.UPLOADED: set(), lg.PRUNED: set()}
     last = 0
     for e in entries:
-        if e.event not in lg.SEALS and e.event != lg.PRUNED:
+        if e.event not in lg.SEALS and e.event not in proven:
             continue
         d = e.data
         iid, seq, sha = d.get('incident_id'), d.get('sequence'), d.get('manifest_sha256')
@@ -303,20 +313,22 @@ def _walk(entries: list[Entry], rep: HistoryReport) -> tuple[dict[int, Entry], s
             seals[seq], ids[iid], last = e, seq, max(last, seq)
             continue
         seal = seals.get(seq)
-        why = lg.prune_proof_problem(d)
+        why = lg.proof_problem(d)
         if seal is None or seal.data['incident_id'] != iid or \
                 seal.data['manifest_sha256'] != sha:
             why = 'it names no incident sealed before it'
         elif why is None and float(d['verified_at']) > e.wall_time:
-            why = 'the upload verified after the prune was logged'
+            why = f'the upload verified after the {e.event} entry was logged'
         if why:
-            rep.add('bad_prune', f'{iid} (sequence {seq}): prune entry {e.seq} is no proof: '
-                    f'{why}', **where)
-        elif seq in pruned:
-            rep.warnings.append(Problem('duplicate_prune', f'{iid} pruned twice', **where))
+            rep.add('bad_prune' if e.event == lg.PRUNED else 'bad_upload',
+                    f'{iid} (sequence {seq}): {e.event} entry {e.seq} is no proof: {why}',
+                    **where)
+        elif seq in proven[e.event]:
+            rep.warnings.append(Problem(f'duplicate_{e.event}', f'{iid} {e.event} twice',
+                                        **where))
         else:
-            pruned.add(seq)
-    return seals, pruned
+            proven[e.event].add(seq)
+    return seals, proven[lg.UPLOADED], proven[lg.PRUNED]
 
 
 def _sequence_of(manifest: bytes | None) -> int | None:

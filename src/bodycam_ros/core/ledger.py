@@ -10,9 +10,12 @@ incident verifies (:func:`bucket_key`), beside the incidents under
 Events and their ``data``:
 
 * ``sealed`` / ``recovered``: ``incident_id``, ``sequence`` (the manifest's), ``manifest_sha256``.
-* ``pruned``: the same three, plus the proof it verified in the bucket first: ``bucket``,
+* ``uploaded``: the same three, plus the proof the bucket copy verified: ``bucket``,
   ``verified_at`` (wall time) and ``objects`` (``{file: {key, sha256, size, etag}}``, at least
-  ``manifest.json`` whose ``sha256`` is the manifest's).
+  ``manifest.json`` whose ``sha256`` is the manifest's). Logged by the uploader after the
+  remote copy verifies and before it uploads the ledger: a bucket copy of the ledger then
+  says which incidents the bucket must hold (the others are still on their way).
+* ``pruned``: the same proof, logged before the local copy is deleted.
 * ``key_created``, ``key_rotated`` (``new_key``: base64, signed by the old key; later entries
   are signed by the new one), ``key_revoked`` and other ``key_*`` events: free details.
 * ``log_repaired``: written by the log itself after a torn write.
@@ -32,11 +35,12 @@ LEDGER_FILE = 'ledger.jsonl'
 SEALED = 'sealed'
 RECOVERED = 'recovered'
 PRUNED = 'pruned'
+UPLOADED = 'uploaded'
 SEALS = (SEALED, RECOVERED)
 _HEX64 = re.compile(r'[0-9a-f]{64}')
 
 __all__ = ['KIND', 'LEDGER_FILE', 'Ledger', 'LedgerError', 'bucket_key', 'complete_bytes',
-           'ledger_path', 'prune_proof_problem']
+           'ledger_path', 'proof_problem']
 
 
 class LedgerError(LogError):
@@ -53,8 +57,9 @@ def bucket_key(device_id: str, bucket_prefix: str = '') -> str:
                     if p and p.strip('/'))
 
 
-def prune_proof_problem(data: Mapping[str, Any]) -> str | None:
-    """Why a prune entry's data does not prove a verified upload, or None when it does."""
+def proof_problem(data: Mapping[str, Any]) -> str | None:
+    """Why an ``uploaded``/``pruned`` entry's data does not prove a verified upload, or None
+    when it does."""
     sha = data.get('manifest_sha256')
     objects = data.get('objects')
     verified_at = data.get('verified_at')
@@ -133,24 +138,53 @@ class Ledger:
         Raises:
             LedgerError: the proof is missing or is not about this manifest.
         """
+        return self._proven(PRUNED, incident_id, sequence, manifest_sha256, now, bucket,
+                            verified_at, objects)
+
+    def uploaded(self, incident_id: str, sequence: int, manifest_sha256: str, now: float, *,
+                 bucket: str, verified_at: float,
+                 objects: Mapping[str, Mapping[str, Any]]) -> Entry:
+        """Log that the bucket copy verified (then upload the ledger: :meth:`snapshot`).
+
+        Raises:
+            LedgerError: the proof is missing or is not about this manifest.
+        """
+        return self._proven(UPLOADED, incident_id, sequence, manifest_sha256, now, bucket,
+                            verified_at, objects)
+
+    def uploaded_from_record(self, incident_id: str, sequence: int, manifest_sha256: str,
+                             upload_record: Mapping[str, Any], now: float) -> Entry:
+        """:meth:`uploaded` with the uploader's ``upload.json`` record as the proof."""
+        return self._from_record(UPLOADED, incident_id, sequence, manifest_sha256,
+                                 upload_record, now)
+
+    def _proven(self, event: str, incident_id: str, sequence: int, manifest_sha256: str,
+                now: float, bucket: str, verified_at: float,
+                objects: Mapping[str, Mapping[str, Any]]) -> Entry:
         data = _seal_data(incident_id, sequence, manifest_sha256) | {
             'bucket': bucket, 'verified_at': verified_at,
             'objects': {str(n): {k: o.get(k) for k in ('key', 'sha256', 'size', 'etag')}
                         for n, o in objects.items()}}
-        why = prune_proof_problem(data)
+        why = proof_problem(data)
         if why:
-            raise LedgerError(f'{incident_id}: refusing to log a prune: {why}')
-        return self.log.append(PRUNED, now, data)
+            raise LedgerError(f'{incident_id}: refusing to log {event!r}: {why}')
+        return self.log.append(event, now, data)
+
+    def _from_record(self, event: str, incident_id: str, sequence: int,
+                     manifest_sha256: str, upload_record: Mapping[str, Any],
+                     now: float) -> Entry:
+        if upload_record.get('verified') is not True:
+            raise LedgerError(f'{incident_id}: upload record is not verified')
+        return self._proven(event, incident_id, sequence, manifest_sha256, now,
+                            str(upload_record.get('bucket') or ''),
+                            upload_record.get('verified_at'),    # type: ignore[arg-type]
+                            upload_record.get('objects') or {})
 
     def pruned_after_upload(self, incident_id: str, sequence: int, manifest_sha256: str,
                             upload_record: Mapping[str, Any], now: float) -> Entry:
         """:meth:`pruned` with the uploader's ``upload.json`` record as the proof."""
-        if upload_record.get('verified') is not True:
-            raise LedgerError(f'{incident_id}: upload record is not verified')
-        return self.pruned(incident_id, sequence, manifest_sha256, now,
-                           bucket=str(upload_record.get('bucket') or ''),
-                           verified_at=upload_record.get('verified_at'),   # type: ignore[arg-type]
-                           objects=upload_record.get('objects') or {})
+        return self._from_record(PRUNED, incident_id, sequence, manifest_sha256,
+                                 upload_record, now)
 
     def key_event(self, event: str, now: float, **details: Any) -> Entry:
         """``key_created``, ``key_revoked``... (``key_rotated``: use :meth:`rotate_key`)."""

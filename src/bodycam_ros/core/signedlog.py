@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -493,7 +493,3 @@ class SignedLog:
         if not last:
             return None
         return Head(parse_line(last, self.kind, 0).seq, sha256_hex(last))
-
-
-def iter_events(entries: Iterable[Entry], *events: str) -> list[Entry]:
-    return [e for e in entries if e.event in events]
