@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 import time
 import uuid
@@ -57,10 +58,15 @@ class Assignment:
 
 def _coord(d: dict, key: str, limit: float) -> float:
     v = d.get(key)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
-            or abs(v) > limit:
-        raise DispatchError(f'{key} must be a number in [-{limit:g}, {limit:g}], got {v!r}')
-    return float(v)
+    try:   # float(): a 400-digit JSON integer is an int that no float holds (OverflowError)
+        f = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+    except OverflowError:
+        f = math.nan
+    if not math.isfinite(f) or abs(f) > limit:
+        shown = repr(v) if not isinstance(v, int) else f'an integer of {len(str(v))} digits'
+        raise DispatchError(f'{key} must be a number in [-{limit:g}, {limit:g}], '
+                            f'got {shown[:40]}')
+    return f
 
 
 def parse_assignment(body: bytes, now: float | None = None) -> Assignment:
@@ -76,13 +82,18 @@ def parse_assignment(body: bytes, now: float | None = None) -> Assignment:
         d = json.loads(body or b'{}')
     except ValueError as exc:
         raise DispatchError(f'body is not JSON: {exc}') from exc
+    except RecursionError:
+        raise DispatchError('body is nested too deeply') from None
     if not isinstance(d, dict):
         raise DispatchError('body must be a JSON object')
     aid = d.get('assignment_id', '')
-    if not isinstance(aid, (str, int)) or len(str(aid)) > 128:
+    if isinstance(aid, bool) or not isinstance(aid, (str, int)) or len(str(aid)) > 128:
         raise DispatchError('assignment_id must be a string of at most 128 characters')
     aid = str(aid) or str(uuid.uuid4())
-    note = str(d.get('note', ''))[:512]
+    note = d.get('note', '')
+    if not isinstance(note, (str, int, float)) or isinstance(note, bool):
+        raise DispatchError('note must be a string')
+    note = str(note)[:512]
     t = time.time() if now is None else now
     if d.get('clear') is True:
         return Assignment(aid, clear=True, note=note, received_at=t)
@@ -93,18 +104,26 @@ def parse_assignment(body: bytes, now: float | None = None) -> Assignment:
 class _CadHandler(BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
     server_version = 'bodycam-dispatch'
+    # Nobody speaks HTTP/0.9: with this default every reply, a 400 for a request line with
+    # no or a bad version included, starts with a status line.
+    default_request_version = 'HTTP/1.0'
     sys_version = ''
     timeout = 10.0
     server: _CadServer
 
     def log_request(self, code='-', size='-') -> None:
-        self.server.intake.log(f'{self.client_address[0]} {self.command} '
-                               f'{self.path.split("?")[0]} {code}')
+        # A 400 for a bad request line is sent before command and path exist.
+        path = getattr(self, 'path', '-').split('?')[0][:200]
+        self.server.intake.log(f'{self.client_address[0]} {getattr(self, "command", "-")} '
+                               f'{path} {code}')
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002
         pass   # request lines may carry credentials; log_request covers what matters
 
     def _reply(self, code: int, doc: dict[str, Any]) -> None:
+        if code >= 400:
+            # The request's body may be unread: never parse it as the next request.
+            self.close_connection = True
         body = json.dumps(doc).encode()
         self.send_response(code)
         self.send_header('Content-Type', 'application/json')
@@ -127,11 +146,21 @@ class _CadHandler(BaseHTTPRequestHandler):
             return self._reply(404, {'error': 'POST or DELETE /dispatch'})
         if not self._auth():
             return
-        length = int(self.headers.get('Content-Length') or 0)
-        if length > MAX_BODY:
-            self.close_connection = True
+        if self.headers.get('Transfer-Encoding'):
+            return self._reply(411, {'error': 'send the body with a Content-Length'})
+        raw = (self.headers.get('Content-Length') or '0').strip()
+        if not (raw.isascii() and raw.isdigit()):   # int() takes '-1', ' +1', '1_0'
+            self.server.intake.rejected += 1
+            return self._reply(400, {'error': f'bad Content-Length {raw[:20]!r}'})
+        if len(raw) > 9 or int(raw) > MAX_BODY:
+            self.server.intake.rejected += 1
             return self._reply(413, {'error': f'body larger than {MAX_BODY} bytes'})
+        length = int(raw)
         body = self.rfile.read(length) if length else b''
+        if len(body) < length:
+            self.server.intake.rejected += 1
+            return self._reply(400, {'error': f'body ended after {len(body)} of {length} '
+                                              'bytes'})
         try:
             a = parse_assignment(b'{"clear": true}' if clear and not body else body)
             if clear:
@@ -167,6 +196,8 @@ class _CadServer(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address) -> None:
         self.intake.rejected += 1
+        if not isinstance(sys.exc_info()[1], OSError):   # a bug, not a client hanging up
+            self.intake.handler_errors += 1
 
 
 class CadIntake:
@@ -181,6 +212,7 @@ class CadIntake:
         self.auth, self._on, self.log = auth, on_assignment, log
         self.current: Assignment | None = None
         self.accepted = self.rejected = 0
+        self.handler_errors = 0   # requests that ended in an exception instead of a reply
         try:
             self._httpd = _CadServer((bind, port), self)
         except OSError as exc:

@@ -25,6 +25,9 @@ __all__ = ['ENV_TOKEN', 'COOKIE', 'TokenAuth', 'TokenError', 'default_token_path
 ENV_TOKEN = 'BODYCAM_LIVE_TOKEN'
 COOKIE = 'bodycam_live'
 MIN_TOKEN_LEN = 16
+#: An expiry has at most this many ASCII digits (UNIX s; 12 digits last until year 33658).
+#: str.isdigit() alone lets '²' and 5000-digit strings through to int(), which raises.
+MAX_EXP_DIGITS = 12
 
 
 class TokenError(Exception):
@@ -88,10 +91,12 @@ class TokenAuth:
         self._clock = clock
 
     def check_token(self, candidate: str | None) -> bool:
-        return bool(candidate) and hmac.compare_digest(candidate.encode(), self._key)
+        return bool(candidate) and hmac.compare_digest(
+            candidate.encode('utf-8', 'surrogatepass'), self._key)
 
     def _mac(self, scope: str, exp: int) -> str:
-        return hmac.new(self._key, f'{scope}|{exp}'.encode(), hashlib.sha256).hexdigest()
+        msg = f'{scope}|{exp}'.encode('utf-8', 'surrogatepass')
+        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()
 
     def sign(self, path: str, ttl_s: float) -> dict[str, str]:
         """Query parameters (``exp``, ``sig``) that open ``path`` until now + ``ttl_s``."""
@@ -99,9 +104,12 @@ class TokenAuth:
         return {'exp': str(exp), 'sig': self._mac(path, exp)}
 
     def check_signed(self, path: str, exp: str | None, sig: str | None) -> bool:
-        if not exp or not sig or not exp.isdigit() or int(exp) < self._clock():
+        """True for a valid unexpired signature; False (never an error) for anything else."""
+        if not exp or not sig or len(exp) > MAX_EXP_DIGITS or not exp.isascii() \
+                or not exp.isdigit() or int(exp) < self._clock():
             return False
-        return hmac.compare_digest(sig.encode(), self._mac(path, int(exp)).encode())
+        return hmac.compare_digest(sig.encode('utf-8', 'surrogatepass'),
+                                   self._mac(path, int(exp)).encode())
 
     def session_cookie(self, ttl_s: float) -> str:
         exp = int(self._clock() + ttl_s)

@@ -11,6 +11,7 @@ import json
 import re
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -50,13 +51,20 @@ class _Server(ThreadingHTTPServer):
         super().__init__(addr, handler)
 
     def handle_error(self, request, client_address) -> None:
-        # A client that hangs up or fails the TLS handshake is routine, not a traceback.
-        self.app.count('client_errors')
+        # A client that hangs up or fails the TLS handshake is routine, not a traceback; any
+        # other exception is a handler bug that cost a client its reply: count it apart.
+        exc = sys.exc_info()[1]
+        self.app.count('client_errors' if isinstance(exc, OSError) else 'handler_errors')
+        if not isinstance(exc, OSError):
+            self.app.log(f'handler error for {client_address[0]}: {type(exc).__name__}')
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
     server_version = 'bodycam-live'
+    # Nobody speaks HTTP/0.9: with this default every reply, a 400 for a request line with
+    # no or a bad version included, starts with a status line.
+    default_request_version = 'HTTP/1.0'
     sys_version = ''
     timeout = 30.0   # a client that stops reading for this long is cut off
     server: _Server
@@ -69,7 +77,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ logging (redacted)
     def log_request(self, code='-', size='-') -> None:  # noqa: D102
-        path = urlsplit(self.path).path if hasattr(self, 'path') else '-'
+        path = _target_path(self.path) if hasattr(self, 'path') else '-'
         self.server.app.log(f'{self.client_address[0]} {getattr(self, "command", "-")} {path} '
                             f'{int(code) if str(code).isdigit() else code}')
 
@@ -99,7 +107,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         app = self.server.app
-        url = urlsplit(self.path)
+        try:
+            url = urlsplit(self.path)
+        except ValueError:   # '//[' : urlsplit reads an authority with a broken IPv6 host
+            return self._send(400, b'400 Bad Request: unparseable request target\n',
+                              'text/plain', {'Connection': 'close'})
         if url.path == '/healthz':
             return self._send(200, b'ok\n', 'text/plain')
         query = parse_qs(url.query)
@@ -223,6 +235,14 @@ class _Handler(BaseHTTPRequestHandler):
             pass
         finally:
             app.jpeg.viewers -= 1
+
+
+def _target_path(target: str) -> str:
+    """The path of a request target for the log, without query (and never an error)."""
+    try:
+        return urlsplit(target).path
+    except ValueError:
+        return target.split('?', 1)[0][:200]
 
 
 def _one(query: dict[str, list[str]], key: str) -> str | None:
