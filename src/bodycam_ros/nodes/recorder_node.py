@@ -26,11 +26,13 @@ from std_msgs.msg import Bool
 import bodycam_ros
 from bodycam_ros.core import evidence as ev
 from bodycam_ros.core.h264 import EncoderError, is_keyframe
+from bodycam_ros.core.messages import MessageError, decode_command
 from bodycam_ros.core.ring import LookbackRing, SensorRecord, VideoPacket
 from bodycam_ros.core.spool import (Command, EvidenceStore, Recorder, RecorderConfig,
                                     RecorderStatus, SpoolError, State)
 from bodycam_ros.rosutil import (ERROR, LATCHED_QOS, OK, RELIABLE_QOS, SENSOR_QOS, VIDEO_QOS,
                                  WARN, Diagnostics, ParameterError, declare, run_node, status)
+from bodycam_ros.wire import from_status
 
 #: (topic, type, QoS, latched) recorded into the sidecar and the look-back.
 SENSOR_TOPICS = (
@@ -42,8 +44,6 @@ SENSOR_TOPICS = (
     ('bodycam/alerts', DiagnosticStatus, LATCHED_QOS, True),
     ('dispatch/destination', NavSatFix, LATCHED_QOS, True),
 )
-REASONS = ('holster', 'dispatch_proximity', 'fight', 'foot_pursuit', 'officer_down', 'manual',
-           'peer_alert')
 #: No video for this long while the camera should be streaming: WARN.
 VIDEO_STALE_S = 3.0
 
@@ -165,23 +165,15 @@ class RecorderNode(Node):
         self._recorder.on_sensor(SensorRecord(now, self._command_topic,
                                               'diagnostic_msgs/msg/DiagnosticStatus',
                                               serialize_message(msg)))
-        values = {kv.key: kv.value for kv in msg.values}
         try:
-            if msg.name not in ('start', 'stop'):
-                raise ValueError(f'name {msg.name!r} is neither start nor stop')
-            reason = values.get('reason', 'manual' if msg.name == 'start' else '')
-            if msg.name == 'start' and reason not in REASONS:
-                raise ValueError(f'unknown reason {reason!r}')
-            trigger_time = float(values.get('trigger_time', now))
-            if trigger_time != trigger_time or trigger_time <= 0:
-                raise ValueError(f'trigger_time {values.get("trigger_time")!r}')
-        except ValueError as exc:
+            cmd = decode_command(from_status(msg))
+        except MessageError as exc:
             self.bad_commands += 1
             self.get_logger().warning(f'recorder/command ignored: {exc}',
                                       throttle_duration_sec=2.0)
             return
-        result = self._recorder.on_command(Command(msg.name, reason, trigger_time,
-                                                   values.get('command_id', ''), now))
+        result = self._recorder.on_command(Command(cmd.kind.value, cmd.reason.value,
+                                                   cmd.trigger_time, cmd.command_id, now))
         self.get_logger().info(result)
         self._publish_status()
 

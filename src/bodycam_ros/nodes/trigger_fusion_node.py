@@ -20,8 +20,9 @@ import socket
 import sys
 import time
 import uuid
+from dataclasses import replace
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import TwistStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Imu, NavSatFix, NavSatStatus
@@ -33,19 +34,20 @@ from bodycam_ros.core.detectors import (ONE_MILE_M, DispatchProximity, DownEvent
                                         OfficerDownParams, Source, TriggerState, WeaponDrawn)
 from bodycam_ros.core.detectors.base import DetectorError
 from bodycam_ros.core.detectors.dispatch_proximity import horizontal_accuracy_m
-from bodycam_ros.core.fusion import Fusion, FusionError, Health, Level, RecorderCommand
+from bodycam_ros.core.fusion import Fusion, FusionError, Health, Level, SourceStatus
+from bodycam_ros.core.messages import (AlertState, DownAlert, MessageError, Reason,
+                                       RecorderCommand, TriggerReport, decode_recorder,
+                                       encode_alert, encode_command, encode_trigger,
+                                       trigger_extra)
 from bodycam_ros.rosutil import (ERROR, LATCHED_QOS, OK, RELIABLE_QOS, SENSOR_QOS, WARN,
-                                 Diagnostics, ParameterError, declare, run_node, status)
+                                 Diagnostics, ParameterError, declare, run_node)
+from bodycam_ros.wire import from_status, stamp_s, to_status
 
 IMU_SOURCES = (Source.FIGHT, Source.FOOT_PURSUIT, Source.OFFICER_DOWN)
 #: Commands kept while no recorder has subscribed yet (only at start-up).
 MAX_HELD_COMMANDS = 50
 #: |a| below this for a whole second is not a worn sensor (free fall lasts < 0.5 s): a fault.
 DEAD_ACCEL_MPS2 = 2.0
-
-
-def to_sec(stamp) -> float:
-    return stamp.sec + stamp.nanosec * 1e-9
 
 
 class TriggerFusionNode(Node):
@@ -142,7 +144,7 @@ class TriggerFusionNode(Node):
     # ------------------------------------------------------------------ inputs
 
     def _on_imu(self, msg: Imu) -> None:
-        t = to_sec(msg.header.stamp) or time.time()
+        t = stamp_s(msg.header.stamp) or time.time()
         a = (msg.linear_acceleration.x, msg.linear_acceleration.y, msg.linear_acceleration.z)
         w = (msg.angular_velocity.x, msg.angular_velocity.y, msg.angular_velocity.z)
         if not all(math.isfinite(v) for v in a):
@@ -165,7 +167,7 @@ class TriggerFusionNode(Node):
 
     def _on_fix(self, msg: NavSatFix) -> None:
         self._last_fix_rx = time.time()
-        t = to_sec(msg.header.stamp) or time.time()
+        t = stamp_s(msg.header.stamp) or time.time()
         fix = Fix(t, msg.latitude, msg.longitude, msg.status.status >= NavSatStatus.STATUS_FIX,
                   horizontal_accuracy_m(list(msg.position_covariance),
                                         msg.position_covariance_type))
@@ -183,7 +185,7 @@ class TriggerFusionNode(Node):
             return
         good = self._fix_good and self._last_fix_rx is not None and \
             time.time() - self._last_fix_rx < self._p['gps_stale_s']
-        self._pursuit.update_gps(to_sec(msg.header.stamp) or time.time(), speed, good)
+        self._pursuit.update_gps(stamp_s(msg.header.stamp) or time.time(), speed, good)
 
     def _on_holster(self, msg: Bool) -> None:
         self._holster_rx = time.time()
@@ -207,9 +209,10 @@ class TriggerFusionNode(Node):
         self._step()
 
     def _on_recorder(self, msg: DiagnosticStatus) -> None:
-        for kv in msg.values:
-            if kv.key == 'incident_id':
-                self._incident_id = kv.value
+        try:
+            self._incident_id = decode_recorder(from_status(msg)).incident_id
+        except MessageError as exc:
+            self._bad(f'recorder/status ignored: {exc}')
 
     def _bad(self, what: str) -> None:
         self.bad_msgs += 1
@@ -275,9 +278,15 @@ class TriggerFusionNode(Node):
                                and now - self._last_triggers_pub >= self._p['publish_period_s'])
 
     def _send(self, cmd: RecorderCommand) -> None:
-        msg = status(cmd.kind.value, OK, cmd.message, 'trigger_fusion', reason=cmd.reason,
-                     trigger_time=repr(cmd.trigger_time), command_id=cmd.command_id)
-        self.get_logger().info(f'recorder {cmd.kind.value}: {cmd.reason} ({cmd.message})')
+        try:
+            wire = encode_command(cmd, 'trigger_fusion')
+        except MessageError as exc:
+            # A sensor stamp the recorder would refuse (<= 0 from a bad clock): recording
+            # matters more than the exact trigger time, so send it with the time now.
+            self._bad(f'recorder command trigger time replaced by now: {exc}')
+            wire = encode_command(replace(cmd, trigger_time=time.time()), 'trigger_fusion')
+        msg = to_status(wire)
+        self.get_logger().info(f'recorder {cmd.kind.value}: {cmd.reason.value} ({cmd.message})')
         if self._pub_cmd.get_subscription_count() == 0 or self._held:
             # Nobody listening yet (graph still starting): a volatile topic would drop it.
             # Hold it (trigger_time says when the trigger began) and send once one matches.
@@ -311,9 +320,7 @@ class TriggerFusionNode(Node):
         levels = {s.source: int(s.level) for s in statuses}
         if not force and levels == self._published_levels:
             return
-        arr = DiagnosticArray(status=[
-            status(f'trigger/{s.source.value}', bytes([int(s.level)]), s.message, 'trigger_fusion',
-                   **s.values) for s in statuses])
+        arr = DiagnosticArray(status=[to_status(self._trigger_wire(s)) for s in statuses])
         arr.header.stamp = self.get_clock().now().to_msg()
         self._pub_triggers.publish(arr)
         self._published_levels, self._last_triggers_pub = levels, now
@@ -328,6 +335,18 @@ class TriggerFusionNode(Node):
             self._diag.set(WARN if active else OK,
                            ('active: ' + ','.join(active)) if active else 'idle', **values)
 
+    def _trigger_wire(self, s: SourceStatus):
+        values = dict(s.values)
+        since, conf = values.pop('since', ''), values.pop('confidence', None)
+        report = TriggerReport(Reason(s.source.value), s.level, s.message,
+                               since if isinstance(since, float) else None,
+                               conf if isinstance(conf, float) else None, trigger_extra(values))
+        try:
+            return encode_trigger(report, 'trigger_fusion')
+        except MessageError as exc:   # a detector gave a NaN: say so instead of going quiet
+            return encode_trigger(TriggerReport(report.source, Level.ERROR,
+                                                f'bad detector output: {exc}'), 'trigger_fusion')
+
     # ------------------------------------------------------------------ alerts
 
     def _handle_down_events(self, events: list[DownEvent]) -> None:
@@ -335,28 +354,26 @@ class TriggerFusionNode(Node):
             self.get_logger().warning(f'officer_down {ev.kind.value}: {ev.detail}')
             if ev.kind is DownEventKind.ALERT:
                 self._alert_id = str(uuid.uuid4())
-                self._publish_alert('raised', ERROR, ev)
+                self._publish_alert('raised', ev)
             elif ev.kind in (DownEventKind.CANCELLED, DownEventKind.CLEARED) and self._alert_id:
-                self._publish_alert(ev.kind.value, OK, ev)
+                self._publish_alert(ev.kind.value, ev)
                 self._alert_id = ''
 
-    def _publish_alert(self, state: str, level: int, ev: DownEvent) -> None:
+    def _publish_alert(self, state: str, ev: DownEvent) -> None:
         fix = self._last_good_fix
-        lat = fix.latitude if fix is not None else math.nan
-        lon = fix.longitude if fix is not None else math.nan
-        values = dict(alert_id=self._alert_id, state=state, officer_id=self._p['officer_id'],
-                      unit_id=self._unit_id, latitude=repr(lat), longitude=repr(lon),
-                      stamp=repr(ev.t))
+        extra = {'after_impact': str(ev.impact).lower(), 'detail': ev.detail}
         if fix is not None:
-            values['fix_stamp'] = repr(to_sec(fix.header.stamp))
-        if self._incident_id:
-            values['incident_id'] = self._incident_id
-        values['after_impact'] = str(ev.impact).lower()
-        values['detail'] = ev.detail
-        msg = DiagnosticStatus(level=level, name='alert/officer_down',
-                               message=f'officer down: {state}', hardware_id=self._unit_id,
-                               values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
-        self._pub_alert.publish(msg)
+            extra['fix_stamp'] = repr(stamp_s(fix.header.stamp))
+        alert = DownAlert(
+            self._alert_id, AlertState(state), ev.t, self._unit_id, self._p['officer_id'],
+            fix.latitude if fix is not None else None, fix.longitude if fix is not None else None,
+            self._incident_id, f'officer down: {state}', extra=tuple(sorted(extra.items())))
+        try:
+            wire = encode_alert(alert)
+        except MessageError as exc:   # a sensor stamp that is no time: the alert goes anyway
+            self._bad(f'officer-down alert stamp replaced by now: {exc}')
+            wire = encode_alert(replace(alert, stamp=time.time()))
+        self._pub_alert.publish(to_status(wire))
 
 
 def main(args=None) -> int:
