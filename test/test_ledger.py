@@ -118,6 +118,20 @@ def test_torn_last_line_is_reported_then_set_aside_signed(unit: Unit) -> None:
     assert [w.code for w in rep.warnings] == ['repaired_tail']
 
 
+def test_tail_read_in_chunks_smaller_than_a_line(unit: Unit, monkeypatch) -> None:
+    from bodycam_ros.core import signedlog
+    monkeypatch.setattr(signedlog, '_TAIL_CHUNK', 7)
+    for _ in range(3):
+        unit.seal()
+    path = unit.ledger.path
+    path.write_bytes(path.read_bytes()[:-100])
+    unit.seal()
+    assert unit.ledger.head() == verify(path, Trust().register(unit.signer)).head
+    assert [e.event for e in unit.ledger.entries()] == ['sealed'] * 2 + ['log_repaired',
+                                                                          'sealed']
+    assert verify(path, Trust().register(unit.signer)).ok
+
+
 def test_refuses_to_chain_onto_a_line_that_is_not_an_entry(unit: Unit) -> None:
     unit.seal()
     with open(unit.ledger.path, 'ab') as f:
