@@ -303,8 +303,8 @@ class Recorder:
         for write, item in items:
             try:
                 write(item)
-            except OSError:
-                raise
+            except OSError as exc:    # e.g. video.mp4 not creatable: the next keyframe retries
+                self._c.disk_error = f'{exc.strerror or exc} (writing the look-back)'
             except Exception as exc:  # noqa: BLE001 - one item, whatever its fault
                 self._item_error('open', exc)
         w.sync()
