@@ -4,6 +4,7 @@ one the nodes have always spoken."""
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -224,3 +225,49 @@ def test_one_list_of_reasons() -> None:
     assert queue.URGENT_REASONS is m.URGENT_REASONS
     assert Level is m.Level
     assert 'officer_down' in m.URGENT_REASONS and Reason.OFFICER_DOWN in m.URGENT_REASONS
+
+
+# ---------------------------------------------------------------------- over DDS
+
+def test_recorder_refuses_bad_commands_and_takes_an_encoded_one(ctx, executor, tmp_path) -> None:
+    """The real recorder node decodes recorder/command with the codec: a start with no reason
+    or an infinite trigger time (both accepted before) is counted and ignored, not recorded."""
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+
+    from bodycam_ros.nodes.recorder_node import RecorderNode
+    from bodycam_ros.rosutil import RELIABLE_QOS, SENSOR_QOS
+    from bodycam_ros.wire import from_status, to_status
+    from conftest import spin_for, spin_until
+
+    rec = RecorderNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in {
+        'evidence_dir': str(tmp_path / 'ev'), 'pre_event_s': 2.0, 'post_event_s': 0.0,
+        'min_free_bytes': 0, 'status_period_s': 0.2}.items()])
+    probe = Node('probe', context=ctx)
+    executor.add_node(rec)
+    executor.add_node(probe)
+    cmd = probe.create_publisher(DiagnosticStatus, 'recorder/command', RELIABLE_QOS)
+    states: list[str] = []
+    probe.create_subscription(DiagnosticStatus, 'recorder/status',
+                              lambda s: states.append(m.decode_recorder(from_status(s)).state),
+                              SENSOR_QOS)
+    try:
+        assert spin_until(executor, lambda: cmd.get_subscription_count() > 0 and states, 10.0)
+        now = repr(time.time())
+        for values in ({'trigger_time': now},                                    # no reason
+                       {'reason': 'manual', 'trigger_time': 'inf'},
+                       {'reason': 'auto_stop', 'trigger_time': now},
+                       {'reason': 'coffee', 'trigger_time': now},
+                       {'reason': 'manual'}):                                    # no time
+            cmd.publish(DiagnosticStatus(name='start', values=[
+                KeyValue(key=k, value=v) for k, v in values.items()]))
+        assert spin_until(executor, lambda: rec.bad_commands == 5, 5.0), rec.bad_commands
+        spin_for(executor, 0.5)
+        assert set(states) == {m.RecordingState.IDLE}
+        cmd.publish(to_status(m.encode_command(RecorderCommand(
+            CommandKind.START, Reason.FOOT_PURSUIT, time.time(), 'c-1', 'pursuit'))))
+        assert spin_until(executor, lambda: states[-1] is m.RecordingState.RECORDING, 5.0)
+        assert rec.bad_commands == 5
+    finally:
+        rec.close()
