@@ -7,8 +7,10 @@ deletes, logging each deletion in ``pruned.jsonl`` first)::
     recording/<incident_id>/   in progress: video.mp4, sensors.journal, incident.jsonl
     spool/<incident_id>/       sealed: video.mp4, sensors.mcap, manifest.json, manifest.sig
                                (+ video.original.mp4 when recovery repaired the clip)
-    quarantine/<incident_id>/  crash-left incidents that could not be sealed, kept byte for
-                               byte, with quarantine.json saying why
+    quarantine/<incident_id>/  (recorder) crash-left incidents that could not be sealed,
+                               moved out of recording/ byte for byte, quarantine.json inside
+    quarantine/<incident_id>.json  (uploader) a sealed incident it cannot trust; the incident
+                               itself stays in spool/ untouched
     keys/device_ed25519        the signing key (0600) and device_ed25519.pub
     chain_head                 the newest sealed manifest's hash and sequence
     pruned.jsonl               incidents deleted after a verified upload (chain links)
