@@ -1,12 +1,15 @@
 """`bodycam run` as a user runs it: the whole graph on simulated sensors, over real DDS."""
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from bodycam_ros import bringup
 
@@ -90,3 +93,108 @@ def test_supervisor_leaves_a_misconfigured_node_down(tmp_path: Path):
     child.proc.wait()
     assert 'configuration error' in sup.poll()[0]
     assert child.given_up and sup.poll() == []
+
+
+# ---------------------------------------------------------------- shutdown, however it comes
+
+def _wait(pred, timeout_s: float, step_s: float = 0.1) -> bool:
+    end = time.monotonic() + timeout_s
+    while not pred() and time.monotonic() < end:
+        time.sleep(step_s)
+    return bool(pred())
+
+
+def test_sigint_while_messages_pour_in_exits_0_every_time(start_process, tmp_path: Path):
+    """Issue 11.1: rclpy's KeyboardInterrupt landing inside ``take_message`` (while it builds
+    the Python message) surfaced as ``RuntimeError: Unable to convert call argument '0'``
+    and exit 1: 3 stops in 4 under this flood of 1000-value statuses on the old main. A
+    stop must be clean whenever the signal comes."""
+    import threading
+
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+    from rclpy.context import Context
+
+    from bodycam_ros.rosutil import SENSOR_QOS
+    ctx = Context()
+    rclpy.init(context=ctx)
+    flood = rclpy.create_node('flood', context=ctx)
+    pub = flood.create_publisher(DiagnosticStatus, 'recorder/status', SENSOR_QOS)
+    msg = DiagnosticStatus(name='recorder', message='IDLE',
+                           values=[KeyValue(key=f'k{i}', value=str(i)) for i in range(1000)])
+    done = threading.Event()
+
+    def pour() -> None:
+        while not done.is_set():
+            pub.publish(msg)
+
+    pourer = threading.Thread(target=pour, daemon=True)
+    pourer.start()
+    try:
+        argv = bringup.node_argv('trigger_fusion', [Path('config/sim.yaml')])
+        for i in range(6):
+            node = start_process(argv[2], *argv[3:])
+            assert _wait(lambda: pub.get_subscription_count() > 0, 30), node.output()
+            time.sleep(0.5 + 0.13 * i)           # in the thick of it, at varying phases
+            code = node.stop(signal.SIGINT)
+            assert code == 0 and 'Traceback' not in node.output(), \
+                f'stop {i}: exit {code}\n{node.output()[-2500:]}'
+    finally:
+        done.set()
+        pourer.join(5)
+        flood.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+
+
+@pytest.mark.parametrize('signals', ['sigint_twice', 'storm_during_close'])
+def test_second_signal_during_shutdown_still_seals_and_uploads(start_process, tmp_path: Path,
+                                                                signals: str):
+    """Issue 11.2: ``ros2 launch`` with stdin not a terminal sends each node a second SIGINT,
+    which landed in close(): exit -2, a KeyboardInterrupt traceback, the open incident left
+    unsealed, nothing uploaded. Now: every node exits 0, the recorder seals, the uploader
+    drains it. ``storm_during_close`` keeps sending SIGTERM and SIGINT every 20 ms until
+    every node is gone, so some surely land inside close()."""
+    evidence, bucket = tmp_path / 'evidence', tmp_path / 'bucket'
+    overrides = bringup.write_overrides(tmp_path / 'overrides.yaml', {
+        'evidence_dir': str(evidence), 'bucket': f'file://{bucket}', 'min_free_bytes': 0,
+        'width': 320, 'height': 240, 'bitrate': 300000, 'raw_rate': 0.0,
+        'status_period_s': 0.2})
+    names = ('camera', 'trigger_fusion', 'recorder', 'uploader')
+    procs = {}
+    for name in names:
+        argv = bringup.node_argv(name, [Path('config/sim.yaml'), overrides])
+        procs[name] = start_process(argv[2], *argv[3:])
+    trig = subprocess.run([sys.executable, '-m', 'bodycam_ros.cli', 'trigger', 'start',
+                           '--timeout', '60'], capture_output=True, text=True, timeout=90)
+    assert trig.returncode == 0, trig.stdout + trig.stderr
+    recording = evidence / 'recording'
+    assert _wait(lambda: any(recording.glob('*/video.mp4')), 30), procs['recorder'].output()
+    incident = next(recording.glob('*/video.mp4')).parent.name
+    time.sleep(2.0)                                       # a few fragments into it
+
+    for p in procs.values():
+        p.proc.send_signal(signal.SIGINT)
+    if signals == 'sigint_twice':
+        time.sleep(0.01)
+        for p in procs.values():
+            p.proc.send_signal(signal.SIGINT)
+    else:
+        end, k = time.monotonic() + 40, 0
+        while time.monotonic() < end and any(p.proc.poll() is None for p in procs.values()):
+            for p in procs.values():
+                if p.proc.poll() is None:
+                    p.proc.send_signal(signal.SIGTERM if k % 2 else signal.SIGINT)
+            k += 1
+            time.sleep(0.02)
+    for name, p in procs.items():
+        code = p.stop(timeout_s=40)
+        assert code == 0 and 'Traceback' not in p.output(), \
+            f'{name} exited {code}:\n{p.output()[-2500:]}'
+    assert not recording.exists() or not any(recording.iterdir())
+    sealed = evidence / 'spool' / incident
+    assert (sealed / 'manifest.sig').is_file()
+    verify = subprocess.run([sys.executable, '-m', 'bodycam_ros.cli', 'verify', str(sealed)],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    upload = json.loads((sealed / 'upload.json').read_text())
+    assert upload['verified'] is True, upload

@@ -5,6 +5,7 @@ Kept small on purpose: nodes stay thin and readable (see STYLE.md), and the pure
 """
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,6 +17,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, Si
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
+from rclpy.signals import SignalHandlerOptions
 
 #: Sensor streams: best effort like ``qos_profile_sensor_data``, but depth 20: the imu node
 #: publishes 200 Hz in bursts of 4 per 50 Hz tick, which depth 5 would drop under load.
@@ -151,30 +153,74 @@ class Diagnostics:
         self._pub.publish(arr)
 
 
+class StopSignals:
+    """SIGINT/SIGTERM as a request to stop, never as an exception in the middle of work.
+
+    rclpy's own handlers raise KeyboardInterrupt wherever the main thread is (inside
+    ``take_message`` it surfaces as a RuntimeError and the node exits 1) and shut the
+    context down from another thread while callbacks still run. ``ros2 launch`` with stdin
+    that is not a terminal sends a second SIGINT, which then lands in ``close()``. Here a
+    signal only sets :attr:`signum`; :meth:`hold` ignores every later one, so ``close()``
+    (sealing, draining) always runs to its end and the process exits 0.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def hold(self) -> None:
+        """Ignore SIGINT/SIGTERM from now on (for close() and interpreter exit, where a
+        Python handler would be reset to the default and a late signal would kill us)."""
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
+#: How often the spin loop looks at the stop flag; also the longest a stop waits to start.
+SPIN_POLL_S = 0.1
+
+
 def run_node(factory: Callable[..., Node], args: list[str] | None = None, *,
              multithreaded: bool = False) -> int:
     """Standard ``main``: init, build the node, spin until SIGINT/SIGTERM, clean up.
 
+    Shutdown is ordered: the first SIGINT or SIGTERM ends the spin loop between callbacks,
+    further ones are ignored, ``close()`` runs with the context still up (it may log and
+    publish), then the node is destroyed and the context shut down. Exit code 0.
+
     A :class:`ParameterError` from the factory is printed and returns exit code 2, so a bad
     value in a params file fails with a clear message instead of a traceback.
     """
-    # rclpy's own handlers (SignalHandlerOptions.ALL) turn SIGINT and SIGTERM (launch,
-    # systemd, bringup) into a context shutdown, and spin() ends with
-    # ExternalShutdownException: both stop as cleanly as Ctrl-C.
-    rclpy.init(args=args)
+    stop = StopSignals()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
         node = factory()
         executor = MultiThreadedExecutor() if multithreaded else SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while not stop.requested and rclpy.ok():
+            executor.spin_once(timeout_sec=SPIN_POLL_S)
     except ParameterError as exc:
         print(f'error: {exc}', flush=True)
         return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:
         pass
     finally:
+        stop.hold()
         if node is not None:
+            if stop.requested:
+                node.get_logger().info(
+                    f'{signal.Signals(stop.signum).name}: stopping (further signals ignored)')
             close = getattr(node, 'close', None)
             if close is not None:
                 close()
