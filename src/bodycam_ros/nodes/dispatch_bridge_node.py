@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -32,29 +33,23 @@ from sensor_msgs.msg import NavSatFix, NavSatStatus
 from bodycam_ros.core import scenario as scen
 from bodycam_ros.core.dispatch import (EVENT_KINDS, Assignment, CadIntake, DispatchError,
                                        EventPolicy, PeerAlert, PeerAlerts, PeerDecision)
+from bodycam_ros.core.messages import (PEER_ALERT_NAME, AlertState, CommandKind, DownAlert,
+                                       MessageError, Reason, RecorderCommand, decode_alert,
+                                       decode_recorder, decode_trigger, encode_alert,
+                                       encode_command)
 from bodycam_ros.core.outbox import (Backoff, Courier, Event, Outbox, OutboxError,
                                      WebhookTransport)
 from bodycam_ros.core.tokens import TokenAuth, TokenError, load_token
 from bodycam_ros.rosutil import (ERROR, LATCHED_QOS, OK, RELIABLE_QOS, SENSOR_QOS, WARN,
-                                 Diagnostics, ParameterError, declare, run_node, status)
+                                 Diagnostics, ParameterError, declare, run_node)
+from bodycam_ros.wire import from_status, to_status
 
 PEER_TOPIC = '/bodycam/peer_alerts'
 SOURCES = ('sim', 'http', 'none')
 
 
-def _values(st: DiagnosticStatus) -> dict[str, str]:
-    return {kv.key: kv.value for kv in st.values}
-
-
-def _exact(v: object) -> str:
-    """A float as a string without loss (rosutil.status keeps only 6 significant digits:
-    a UNIX time or a longitude would be off by minutes or tens of metres)."""
-    return repr(float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else \
-        str(v if v is not None else '')
-
-
-def _level(st: DiagnosticStatus) -> int:
-    return st.level[0] if isinstance(st.level, (bytes, bytearray)) else int(st.level)
+def _coord(v: object) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 class DispatchBridgeNode(Node):
@@ -231,31 +226,42 @@ class DispatchBridgeNode(Node):
     def _on_alert(self, msg: DiagnosticStatus) -> None:
         if not msg.name.endswith('officer_down'):
             return
-        values = _values(msg)
+        wire = from_status(msg)
         try:
-            out = self._policy.on_alert(values)
-        except DispatchError as exc:
+            alert = decode_alert(wire)
+            out = self._policy.on_alert(dict(wire.values))
+        except (MessageError, DispatchError) as exc:
             return self._skip(exc)
         self._enqueue(out)
         # Share with other units, with our unit id and best position.
         body = out[0].body
         pos = body.get('position') or {}
-        self._peers.own_alert_ids.add(values['alert_id'])
-        shared = dict(values, unit_id=body['unit_id'], officer_id=body['officer_id'],
-                      latitude=_exact(pos.get('latitude')),
-                      longitude=_exact(pos.get('longitude')), stamp=_exact(body['time']),
-                      incident_id=body.get('incident_id', ''))
-        self._peer_out.publish(status('alert/officer_down', _level(msg), msg.message,
-                                      **shared))
+        self._peers.own_alert_ids.add(alert.alert_id)
+        shared = replace(alert, unit_id=body['unit_id'], officer_id=body['officer_id'],
+                         latitude=_coord(pos.get('latitude')),
+                         longitude=_coord(pos.get('longitude')), stamp=float(body['time']),
+                         incident_id=body.get('incident_id', ''))
+        try:
+            self._peer_out.publish(to_status(encode_alert(shared)))
+        except MessageError as exc:
+            self._skip(exc)
 
     def _on_triggers(self, msg: DiagnosticArray) -> None:
+        reports = []
+        for st in msg.status:
+            try:
+                reports.append(decode_trigger(from_status(st)))
+            except MessageError as exc:
+                self._skip(exc)
         self._enqueue(self._policy.on_triggers(
-            (st.name.rsplit('/', 1)[-1], _level(st), st.message) for st in msg.status))
+            (t.source.value, int(t.level), t.message) for t in reports))
 
     def _on_recorder(self, msg: DiagnosticStatus) -> None:
-        v = _values(msg)
-        self._enqueue(self._policy.on_recorder(msg.message, v.get('incident_id', ''),
-                                               v.get('last_sealed', '')))
+        try:
+            r = decode_recorder(from_status(msg))
+        except MessageError as exc:
+            return self._skip(exc)
+        self._enqueue(self._policy.on_recorder(r.state.value, r.incident_id, r.last_sealed))
 
     def _on_fix(self, msg: NavSatFix) -> None:
         if msg.status.status < NavSatStatus.STATUS_FIX or msg.latitude != msg.latitude:
@@ -266,9 +272,11 @@ class DispatchBridgeNode(Node):
 
     # ------------------------------------------------------------------ other units
     def _on_peer(self, msg: DiagnosticStatus) -> None:
+        wire = from_status(msg)
         try:
-            a = PeerAlert.from_values(_values(msg))
-        except DispatchError as exc:
+            decode_alert(wire)
+            a = PeerAlert.from_values(dict(wire.values))
+        except (MessageError, DispatchError) as exc:
             return self._skip(exc)
         d = self._peers.on_alert(a)
         if d is not None:
@@ -276,21 +284,24 @@ class DispatchBridgeNode(Node):
 
     def _act(self, d: PeerDecision) -> None:
         a = d.alert
-        self._peer_local.publish(status(
-            'alert/peer_officer_down', ERROR if a.state == 'raised' else OK,
+        local = DownAlert(
+            a.alert_id, AlertState(a.state), a.stamp, a.unit_id, a.officer_id, a.latitude,
+            a.longitude, a.incident_id,
             f'officer down: {a.unit_id}' + (f', {d.distance_m:.0f} m away'
                                             if d.distance_m is not None else ''),
-            alert_id=a.alert_id, state=a.state, unit_id=a.unit_id, officer_id=a.officer_id,
-            latitude=_exact(a.latitude), longitude=_exact(a.longitude), stamp=_exact(a.stamp),
-            incident_id=a.incident_id,
-            distance_m='' if d.distance_m is None else f'{d.distance_m:.1f}'))
+            PEER_ALERT_NAME,
+            (('distance_m', '' if d.distance_m is None else f'{d.distance_m:.1f}'),))
+        try:
+            self._peer_local.publish(to_status(encode_alert(local)))
+        except MessageError as exc:
+            self._skip(exc)
         if d.start_recording:
             self.get_logger().warning(f'{a.unit_id} officer down {d.distance_m:.0f} m away: '
                                       'starting recording')
-            self._rec_cmd.publish(status('start', OK, f'peer alert from {a.unit_id}',
-                                         reason='peer_alert', trigger_time=_exact(time.time()),
-                                         command_id=str(uuid.uuid4()),
-                                         peer_unit=a.unit_id, alert_id=a.alert_id))
+            self._rec_cmd.publish(to_status(encode_command(RecorderCommand(
+                CommandKind.START, Reason.PEER_ALERT, time.time(), str(uuid.uuid4()),
+                f'peer alert from {a.unit_id}',
+                (('alert_id', a.alert_id), ('peer_unit', a.unit_id))))))
 
     # ------------------------------------------------------------------ health
     def _skip(self, exc: Exception) -> None:
