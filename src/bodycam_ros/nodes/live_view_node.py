@@ -22,21 +22,13 @@ from sensor_msgs.msg import CompressedImage, Image, NavSatFix, NavSatStatus
 from bodycam_ros.core.live import (Alert, LiveError, LiveServer, LiveState, LiveStream, Position,
                                    RecorderState, TriggerState)
 from bodycam_ros.core.live.state import LEVELS
+from bodycam_ros.core.messages import MessageError, decode_alert, decode_recorder, decode_trigger
 from bodycam_ros.core.tokens import TokenAuth, TokenError, load_token
 from bodycam_ros.rosutil import (ERROR, LATCHED_QOS, OK, RELIABLE_QOS, SENSOR_QOS, VIDEO_QOS,
                                  WARN, Diagnostics, ParameterError, declare, run_node)
+from bodycam_ros.wire import from_status
 
 WEB_DIR = Path(__file__).resolve().parents[1] / 'web'
-
-
-def _values(st: DiagnosticStatus) -> dict[str, str]:
-    return {kv.key: kv.value for kv in st.values}
-
-
-def level_of(st: DiagnosticStatus) -> int:
-    """DiagnosticStatus.level as an int (rclpy gives the ``byte`` field as ``bytes``)."""
-    lvl = st.level
-    return lvl[0] if isinstance(lvl, (bytes, bytearray)) else int(lvl)
 
 
 def _float(v: str | None) -> float | None:
@@ -48,14 +40,15 @@ def _float(v: str | None) -> float | None:
 
 
 def alert_from_status(st: DiagnosticStatus, peer: bool = False) -> Alert:
-    """A ``bodycam/alerts``-style DiagnosticStatus as the page's :class:`Alert`."""
-    v = _values(st)
-    state = v.get('state') or ('raised' if level_of(st) == 2 else 'cleared')
-    return Alert(alert_id=v.get('alert_id', ''), state=state, officer_id=v.get('officer_id', ''),
-                 unit_id=v.get('unit_id', ''), latitude=_float(v.get('latitude')),
-                 longitude=_float(v.get('longitude')), stamp=_float(v.get('stamp')) or time.time(),
-                 incident_id=v.get('incident_id', ''), peer=peer,
-                 distance_m=_float(v.get('distance_m')))
+    """A ``bodycam/alerts``-style DiagnosticStatus as the page's :class:`Alert`.
+
+    Raises:
+        MessageError: not an alert (core.messages.decode_alert says which field).
+    """
+    a = decode_alert(from_status(st))
+    return Alert(alert_id=a.alert_id, state=a.state.value, officer_id=a.officer_id,
+                 unit_id=a.unit_id, latitude=a.latitude, longitude=a.longitude, stamp=a.stamp,
+                 incident_id=a.incident_id, peer=peer, distance_m=_float(a.get('distance_m')))
 
 
 class LiveViewNode(Node):
@@ -156,21 +149,41 @@ class LiveViewNode(Node):
     # ------------------------------------------------------------------ state
     def _on_triggers(self, msg: DiagnosticArray) -> None:
         for st in msg.status:
-            lvl = level_of(st)
+            try:
+                t = decode_trigger(from_status(st))
+            except MessageError as exc:
+                self._bad_status(exc)
+                continue
+            lvl = int(t.level)
             self.state.set_trigger(TriggerState(st.name.rsplit('/', 1)[-1],
                                                 LEVELS.get(lvl, str(lvl)), st.message))
 
+    #: Alerts and statuses that did not decode (core.messages), counted and skipped.
+    bad_statuses = 0
+
+    def _bad_status(self, exc: MessageError) -> None:
+        self.bad_statuses += 1
+        self.get_logger().warning(f'ignored a bad status/alert ({self.bad_statuses} so far): '
+                                  f'{exc}', throttle_duration_sec=10.0)
+
     def _on_alert(self, msg: DiagnosticStatus) -> None:
-        self.state.update(alert=alert_from_status(msg))
+        try:
+            self.state.update(alert=alert_from_status(msg))
+        except MessageError as exc:
+            self._bad_status(exc)
 
     def _on_peer_alert(self, msg: DiagnosticStatus) -> None:
-        self.state.set_peer_alert(alert_from_status(msg, peer=True))
+        try:
+            self.state.set_peer_alert(alert_from_status(msg, peer=True))
+        except MessageError as exc:
+            self._bad_status(exc)
 
     def _on_recorder(self, msg: DiagnosticStatus) -> None:
-        v = _values(msg)
-        free = _float(v.get('free_bytes'))
-        rec = RecorderState(msg.message, v.get('incident_id', ''), _float(v.get('buffered_s')),
-                            int(free) if free is not None else None)
+        try:
+            r = decode_recorder(from_status(msg))
+        except MessageError as exc:
+            return self._bad_status(exc)
+        rec = RecorderState(r.state.value, r.incident_id, r.buffered_s, r.free_bytes)
         if rec != self.state.recorder:
             self.state.update(recorder=rec)
 
