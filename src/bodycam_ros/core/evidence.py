@@ -1,12 +1,82 @@
-"""Tamper evidence: the device key, signed manifests, the hash chain, and their verification.
+"""Tamper evidence: signed manifests, the hash chain, and their verification.
 
-Every sealed incident carries ``manifest.json`` (canonical JSON: sorted keys, fixed
-indentation, ASCII) listing the SHA-256 of each file, and ``manifest.sig``, a raw 64-byte
-Ed25519 signature over exactly the manifest's bytes. Each manifest names the SHA-256 of the
-previous sealed manifest, so removing, reordering or rewriting an incident breaks a link even
-when each remaining incident is internally consistent. ``evidence_dir/chain_head`` records the
-newest link; ``evidence_dir/pruned.jsonl`` records links whose incident was deleted after a
-verified upload, so a pruned spool still verifies.
+Every sealed incident carries ``manifest.json`` (canonical JSON: sorted keys, indent 2,
+ASCII, one trailing newline; :func:`canonical`) and ``manifest.sig``, a raw 64-byte Ed25519
+signature over exactly the manifest's bytes, made by the device key (``core.keys``: a file key
+in ``key_dir`` outside the evidence directory, or a PKCS#11 token). Each manifest names the
+SHA-256 of the previous sealed manifest, so removing, reordering or rewriting an incident
+breaks a link even when each remaining incident is internally consistent.
+``evidence_dir/chain_head`` records the newest link; ``evidence_dir/pruned.jsonl`` records
+links whose incident was deleted after a verified upload; ``evidence_dir/ledger.jsonl`` (a
+signed ``sealed``/``recovered`` entry per incident, ``core.ledger``) and
+``evidence_dir/audit.jsonl`` (``core.audit``) sit beside them.
+
+Manifest format ``bodycam-incident/2`` (written by ``core.spool.seal``)
+-----------------------------------------------------------------------------------------
+Top-level keys (all always present)::
+
+    format                "bodycam-incident/2"
+    incident_id           UUID string, equal to the directory name
+    sequence              1, 2, ... per device (the chain position)
+    prev_manifest_sha256  hex SHA-256 of the previous manifest's bytes; GENESIS for sequence 1
+    prev_incident_id      the previous incident's id, or null for sequence 1
+    device_id, officer_id strings
+    software              {"name": "bodycam_ros", "version": str}
+    device_public_key     base64 of the raw 32-byte Ed25519 key that signed (INFORMATIONAL
+                          ONLY: a verifier trusts the agency trust store, never this field)
+    device_key_sha256     hex SHA-256 of those 32 bytes (the key's fingerprint)
+    encryption            {"scheme": "age-v1", "recipient": "age1..."}: every evidence file is
+                          an age v1 file (core.encryption) encrypted to that X25519 recipient
+                          (the agency's public key); or {"scheme": "none"}: plaintext files,
+                          only when the unit was configured with encrypt: false
+    triggers              [{"reason", "time" (UNIX s), "command_id", "received_time" (ROS s)}]
+    stops                 [{"time", "command_id", "received_time"}]
+    pre_event_s, post_event_s
+    start_time, end_time  UNIX s (wall clock) or null; start_iso, end_iso the same as ISO 8601
+    start_ros_time, end_ros_time   the same in ROS time (message stamps)
+    opened_time, sealed_time       UNIX s
+    end_reason            post_roll | shutdown | superseded | recovered
+    frame_count           int, or null when unknown (an encrypted clip left by a crash)
+    video                 {"present": bool, "frame_count", "keyframes", "width", "height",
+                          "first_stamp", "last_stamp", "codec": "h264",
+                          "container": "fragmented mp4"}; unknown values are null
+    sensors               {"messages": {topic: count}, "skipped_types": {msgtype: count},
+                          "first_stamp", "last_stamp"}
+    gps_track             {"fixes", "no_fix", "first", "last", "bbox", "distance_m"}
+    recovered             bool: sealed after a crash (or after the muxer failed at close)
+    recovery              null, or what recovery found (free-form details)
+    files                 {name on disk: entry} for EVERY file in the incident directory
+                          except manifest.json, manifest.sig and upload.json
+
+File entries with ``"scheme": "age-v1"`` (the name on disk ends in ``.age``)::
+
+    "video.mp4.age": {
+        "sha256":   hex SHA-256 of the bytes on disk (the ciphertext),
+        "size":     bytes on disk,
+        "plaintext": {"name": "video.mp4", "sha256": hex, "size": int}
+                    or null when the unit does not know it (a crash-recovered file: the unit
+                    cannot decrypt, so it seals the ciphertext as found),
+        "chunks":   age payload chunks on disk that are whole (64 KiB + 16-byte tag each),
+                    plus the final chunk when complete,
+        "torn_bytes": bytes after those chunks (0 when complete; a crash's torn write),
+        "complete": true when the writer closed the file (final age chunk written), false for
+                    a crash-left file
+    }
+
+Files of an encrypted incident: ``video.mp4.age`` (fragmented MP4 inside; absent when no
+video), ``sensors.mcap.age`` (rosbag2 MCAP inside, streamed through the age writer while
+recording). After a crash also ``sensors.journal.age`` (the crash-safe CRC-checked sensor
+journal, ``core.sidecar.read_journal`` reads its plaintext) and whatever MCAP prefix was
+written: every file is sealed as found with ``complete: false``. The agency decrypts (a torn
+tail keeps every authenticated chunk), then repairs: ``core.mp4.repair`` for the video,
+``core.sidecar.read_journal`` + ``write_mcap`` for the sensors.
+
+File entries with ``"scheme": "none"`` (plaintext, names as in format 1: ``video.mp4``,
+``sensors.mcap``, ``video.original.mp4`` after a repair, ``sensors.unreadable``)::
+
+    "video.mp4": {"sha256": hex, "size": int, "complete": bool}
+
+Format ``bodycam-incident/1`` (older units) has plaintext entries ``{"sha256", "size"}`` only.
 """
 from __future__ import annotations
 
@@ -29,7 +99,12 @@ UPLOAD_MARK = 'upload.json'        # written by the uploader after the remote co
 CHAIN_HEAD = 'chain_head'
 PRUNED_LOG = 'pruned.jsonl'
 GENESIS = '0' * 64                 # prev_manifest_sha256 of a device's first incident
-FORMAT = 'bodycam-incident/1'
+FORMAT = 'bodycam-incident/2'
+FORMAT_V1 = 'bodycam-incident/1'
+#: Suffix of an age-encrypted evidence file.
+AGE_SUFFIX = '.age'
+SCHEME_AGE = 'age-v1'
+SCHEME_NONE = 'none'
 #: Files an incident may hold besides those its manifest lists.
 UNLISTED_OK = frozenset({MANIFEST, SIGNATURE, UPLOAD_MARK})
 
@@ -326,7 +401,8 @@ def find_layout(path: Path) -> tuple[list[Path], Path | None]:
     root = spool.parent if spool.name == 'spool' else None
     # Any directory holding an evidence file is an incident (a missing manifest is then an
     # error); directories with none of them (a bucket's other prefixes) are not.
-    marks = (MANIFEST, SIGNATURE, 'video.mp4', 'sensors.mcap')
+    marks = (MANIFEST, SIGNATURE, 'video.mp4', 'sensors.mcap', 'video.mp4.age',
+             'sensors.mcap.age')
     dirs = sorted(p for p in spool.iterdir() if p.is_dir() and not p.name.startswith('.')
                   and any((p / m).exists() for m in marks))
     return dirs, root
