@@ -13,10 +13,12 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Imu, NavSatFix
 from std_msgs.msg import Bool
 
+from bodycam_ros.core.messages import (Level, MessageError, decode_alert, decode_recorder,
+                                       decode_trigger)
 from bodycam_ros.rosutil import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
+from bodycam_ros.wire import from_status
 
 RATE_WINDOW_S = 5.0
-LEVEL_NAMES = {0: 'OK', 1: 'WARN', 2: 'ERROR', 3: 'STALE'}
 
 
 class RateMeter:
@@ -49,11 +51,12 @@ class Monitor(Node):
             self.create_subscription(msg_type, topic,
                                      lambda _m, t=topic: self.rates[t].tick(), SENSOR_QOS)
         self.weapon_drawn: bool | None = None
-        self.triggers: dict[str, int] = {}
+        self.triggers: dict[str, Level] = {}
         self.recorder: DiagnosticStatus | None = None
         self.uploader: dict[str, str] = {}
         self.last_fix: NavSatFix | None = None
         self._events: list[str] = []
+        self._last_bad = ''
         self.create_subscription(Bool, 'holster/weapon_drawn', self._on_holster, LATCHED_QOS)
         self.create_subscription(DiagnosticArray, 'bodycam/triggers', self._on_triggers,
                                  RELIABLE_QOS)
@@ -71,21 +74,39 @@ class Monitor(Node):
 
     def _on_triggers(self, msg: DiagnosticArray) -> None:
         for st in msg.status:
-            source = st.name.rsplit('/', 1)[-1]
-            if self.triggers.get(source) != st.level:
-                if st.level == DiagnosticStatus.WARN or self.triggers.get(source) == \
-                        DiagnosticStatus.WARN:
-                    level = LEVEL_NAMES.get(ord(st.level), st.level)
-                    self._events.append(f'trigger {source}: {level} {st.message}')
-                self.triggers[source] = st.level
+            try:
+                t = decode_trigger(from_status(st))
+            except MessageError as exc:
+                self._bad(f'bad trigger status: {exc}')
+                continue
+            source, was = t.source.value, self.triggers.get(t.source.value)
+            if was != t.level:
+                if t.level is Level.WARN or was is Level.WARN:
+                    self._events.append(f'trigger {source}: {t.level.name} {t.message}')
+                self.triggers[source] = t.level
+
+    def _bad(self, line: str) -> None:
+        """Report a message that does not decode once, not once per repeat."""
+        if line != self._last_bad:
+            self._events.append(line)
+            self._last_bad = line
 
     def _on_alert(self, msg: DiagnosticStatus) -> None:
+        try:
+            decode_alert(from_status(msg))
+        except MessageError as exc:   # still shown: an alert nobody can read is news too
+            self._events.append(f'BAD ALERT {msg.name}: {exc}')
         values = ' '.join(f'{kv.key}={kv.value}' for kv in msg.values)
         self._events.append(f'ALERT {msg.name}: {msg.message} {values}')
 
     def _on_recorder(self, msg: DiagnosticStatus) -> None:
-        if self.recorder is None or self.recorder.message != msg.message:
-            self._events.append(f'recorder: {msg.message}')
+        try:
+            state = decode_recorder(from_status(msg)).state.value
+        except MessageError as exc:
+            self._bad(f'bad recorder status: {exc}')
+            return
+        if self.recorder is None or self.recorder.message != state:
+            self._events.append(f'recorder: {state}')
         self.recorder = msg
 
     def _on_uploader(self, msg: DiagnosticStatus) -> None:
@@ -109,7 +130,7 @@ class Monitor(Node):
         parts = [f'{topic} {meter.rate():.1f} Hz' for topic, meter in self.rates.items()]
         holster = {None: '?', True: 'DRAWN', False: 'holstered'}[self.weapon_drawn]
         parts.append(f'holster {holster}')
-        active = [s for s, lvl in self.triggers.items() if lvl == DiagnosticStatus.WARN]
+        active = [s for s, lvl in self.triggers.items() if lvl is Level.WARN]
         parts.append('triggers ' + (','.join(active) if active else 'none'))
         if self.recorder is not None:
             parts.append(f'recorder {self.recorder.message}')
