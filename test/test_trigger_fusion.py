@@ -14,12 +14,14 @@ from sensor_msgs.msg import Imu, NavSatFix, NavSatStatus
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
+from bodycam_ros.core import messages as m
 from bodycam_ros.core import scenario
 from bodycam_ros.core.detectors import Source, TriggerState
 from bodycam_ros.core.fusion import (CommandKind, Fusion, FusionError, Health, Level)
 from bodycam_ros.core.geodesy import offset
 from bodycam_ros.nodes.trigger_fusion_node import TriggerFusionNode
 from bodycam_ros.rosutil import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS, ParameterError
+from bodycam_ros.wire import from_status
 from conftest import ROOT, spin_for, spin_until
 
 DEST = (38.60, -121.49)
@@ -212,6 +214,13 @@ def test_draw_starts_recording_and_a_manual_stop_is_refused_until_holstered(grap
     assert resp.success
     assert spin_until(executor, lambda: [c.name for c in probe.commands] == ['start', 'stop'])
     assert reason(probe.commands[-1]) == 'manual'
+    # What goes on the wire is what the recorder's decoder takes, and the triggers decode too.
+    start, stop = (m.decode_command(from_status(c)) for c in probe.commands)
+    assert (start.kind, start.reason, stop.kind, stop.reason) == \
+        (m.CommandKind.START, m.Reason.HOLSTER, m.CommandKind.STOP, m.Reason.MANUAL)
+    assert abs(start.trigger_time - t_draw) < 1.0
+    reports = [m.decode_trigger(from_status(st)) for st in probe.triggers[-1].status]
+    assert [r.source.value for r in reports] == [s.value for s in Source]
 
 
 def test_manual_start_and_stop_services(graph, executor):
@@ -282,6 +291,9 @@ def test_officer_down_alert_with_last_position_then_cancelled(graph, executor):
     lat, lon = offset(*DEST, 250.0, 0.0)
     assert (float(alert['latitude']), float(alert['longitude'])) == pytest.approx((lat, lon))
     assert alert['officer_id'] == 'officer-17' and alert['unit_id'] == 'unit_t'
+    decoded = m.decode_alert(from_status(probe.alerts[-1]))
+    assert decoded.raised and decoded.latitude == pytest.approx(lat)
+    assert decoded.get('after_impact') == 'true'
     assert abs(float(alert['stamp']) - time.time()) < 3.0 and alert['after_impact'] == 'true'
 
     # The alert is latched: a console that joins late still sees it.
