@@ -139,6 +139,10 @@ class Pruner:
         self._recheck_at: dict[str, float] = {}
         self.deleted_total = 0
 
+    def uploaded(self, name: str) -> None:
+        """``name`` was just uploaded and verified: a refuted check of it no longer holds."""
+        self._recheck_at.pop(name, None)
+
     def free_bytes(self) -> int:
         try:
             free = self._disk_free(self.evidence_dir)

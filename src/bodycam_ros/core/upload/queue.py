@@ -25,7 +25,7 @@ from bodycam_ros.core import evidence as ev
 from bodycam_ros.core.fsio import write_atomic
 
 #: Trigger reasons whose incidents jump the queue (officer down, weapon drawn).
-URGENT_REASONS = frozenset({'officer_down', 'holster'})
+from bodycam_ros.core.messages import URGENT_REASONS  # the one list of reasons
 MANIFEST = 'manifest.json'
 SIGNATURE = 'manifest.sig'
 RECORD = 'upload.json'

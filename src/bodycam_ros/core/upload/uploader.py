@@ -252,7 +252,6 @@ class Uploader:
         deadline = time.monotonic() + timeout_s if timeout_s else None
         result = self._loop(until_empty=True, fail_fast=fail_fast, max_failures=max_failures,
                             deadline=deadline)
-        self._maybe_prune(force=True)
         spool = self.config.evidence_dir / 'spool'
         result.quarantined = {r.incident: f'{r.reason}: {r.message}'
                               for r in self._quarantine.current(spool)}
@@ -283,8 +282,8 @@ class Uploader:
             if deadline is not None and time.monotonic() > deadline:
                 result.error = result.error or 'timed out'
                 break
+            self._maybe_prune()      # first: it may send a refuted "verified" back to the queue
             scan = self._scan()
-            self._maybe_prune()
             now = time.time()
             pending = [i for i in scan.pending if i.incident_id not in result.failed
                        and i.path.name not in result.failed]
@@ -293,6 +292,9 @@ class Uploader:
             if not ready:
                 self._set(state='idle', current_incident='')
                 if until_empty and not pending:
+                    pruned = self._maybe_prune(force=True)
+                    if pruned is not None and pruned.requeued:
+                        continue
                     break
                 wait = self._poll_s
                 if pending:
@@ -479,6 +481,7 @@ class Uploader:
         state.clear()
         self._proxy_jobs.pop(inc.path.name, None)
         self._evidence_ok.pop(inc.path.name, None)
+        self._pruner.uploaded(inc.path.name)
         if self._quarantine.release(inc.path.name):
             self._emit('released', inc.incident_id, 'no longer quarantined: it verified')
         self._verified_ids.add(inc.path.name)
