@@ -170,7 +170,7 @@ class Outbox:
             return float(q)
         return fallback
 
-    def _quarantine(self, path: Path, reason: dict[str, Any]) -> None:
+    def _quarantine(self, path: Path, reason: dict[str, Any]) -> bool:
         """Move ``path`` into ``quarantine/`` with ``<name>.reason.json`` beside it.
 
         The reason is written first: a crash in between leaves the event pending, never a
@@ -191,12 +191,13 @@ class Outbox:
             fsync_dir(qdir)
         except OSError as exc:
             self.problems.append(f'cannot quarantine {path.name} ({reason["reason"]}): {exc}')
-            return
+            return False
         self.problems.append(f'quarantined {path.name}: {reason["reason"]}: '
                              f'{reason.get("detail", "")}')
         del self.problems[:-20]
         if 'event_id' in reason:
             self._dead_ids.add(str(reason['event_id']))
+        return True
 
     def _read_dead_ids(self) -> set[str]:
         ids = set()
@@ -285,14 +286,12 @@ class Outbox:
         with self._lock:
             self._check_head(ev, 'reject')
             path = self._pending_dir / f'{ev.seq:012d}.json'
-            n = len(self.problems)
-            self._quarantine(path, {'reason': 'rejected', 'detail': detail,
-                                    'http_status': status, 'reply': reply[:MAX_REPLY],
-                                    'event_id': ev.event_id, 'kind': ev.kind, 'seq': ev.seq})
-            if self.problems[n:] and self.problems[-1].startswith('cannot'):
+            if not self._quarantine(path, {
+                    'reason': 'rejected', 'detail': detail, 'http_status': status,
+                    'reply': reply[:MAX_REPLY], 'event_id': ev.event_id, 'kind': ev.kind,
+                    'seq': ev.seq}):
                 raise OutboxError(self.problems[-1])
             self._drop_head(ev)
-            self._dead_ids.add(ev.event_id)
 
     def ack(self, ev: Event) -> None:
         """Mark the head event delivered: remember its id, then remove its file."""
