@@ -144,7 +144,8 @@ def test_server_errors_are_retried_not_dropped(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- isolation
 
 def _reasons(box_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((box_dir / 'quarantine').glob('*.reason.json'))]
+    return [json.loads(p.read_text())
+            for p in sorted((box_dir / 'quarantine').glob('*.reason.json'))]
 
 
 def test_corrupt_or_empty_pending_files_are_quarantined_and_the_rest_kept(tmp_path: Path) -> None:

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import TypeVar
 
-__all__ = ['ALERT_NAME', 'PEER_ALERT_NAME', 'START_REASONS', 'TRIGGER_SOURCES', 'URGENT_REASONS', 'AlertState', 'CommandKind',
-           'DownAlert', 'Level', 'MessageError', 'Reason', 'RecorderCommand', 'RecorderReport',
-           'RecordingState', 'TriggerReport', 'Wire', 'decode_alert', 'decode_command',
-           'decode_recorder', 'decode_trigger', 'encode_alert', 'encode_command',
-           'encode_recorder', 'encode_trigger', 'trigger_extra']
+__all__ = ['ALERT_NAME', 'MAX_TIME_S', 'PEER_ALERT_NAME', 'START_REASONS', 'TRIGGER_SOURCES',
+           'URGENT_REASONS', 'AlertState', 'CommandKind', 'DownAlert', 'Level', 'MessageError',
+           'Reason', 'RecorderCommand', 'RecorderReport', 'RecordingState', 'TriggerReport',
+           'Wire', 'decode_alert', 'decode_command', 'decode_recorder', 'decode_trigger',
+           'encode_alert', 'encode_command', 'encode_recorder', 'encode_trigger',
+           'trigger_extra']
 
 
 class MessageError(ValueError):
