@@ -24,7 +24,7 @@ AUDIT_FILE = 'audit.jsonl'
 
 #: Every action the unit audits. ``key_*`` and ``config_*`` are open families.
 ACTIONS = frozenset({
-    'incident_opened', 'incident_sealed', 'incident_recovered',
+    'incident_opened', 'incident_sealed', 'incident_recovered', 'incident_quarantined',
     'incident_uploaded',          # uploaded and verified in the bucket
     'incident_pruned',
     'verify_run', 'decrypt_run', 'export_run',
