@@ -137,7 +137,8 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
 # -- the device key ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DeviceKey:
-    """The unit's Ed25519 signing key; the private half never leaves ``keys/`` (mode 0600)."""
+    """Legacy (format 1): an Ed25519 key in ``evidence_dir/keys/``. The recorder now signs with
+    a ``core.keys`` signer from a key directory outside the evidence; tests still use this."""
     private: Any          # cryptography Ed25519PrivateKey
     public_raw: bytes     # 32 bytes
 
@@ -147,6 +148,14 @@ class DeviceKey:
 
     def sign(self, data: bytes) -> bytes:
         return self.private.sign(data)
+
+    # The keys.Signer protocol, so tests' in-evidence keys sign ledgers and manifests alike.
+    @property
+    def key_id(self) -> str:
+        return self.fingerprint
+
+    def public_key_bytes(self) -> bytes:
+        return self.public_raw
 
     @classmethod
     def load_or_create(cls, keys_dir: Path) -> DeviceKey:
@@ -212,8 +221,9 @@ def signature_ok(public_raw: bytes, signature: bytes, data: bytes) -> bool:
     return True
 
 
-def public_key_field(key: DeviceKey) -> str:
-    return base64.b64encode(key.public_raw).decode('ascii')
+def public_key_field(key: Any) -> str:
+    """Base64 of a signer's raw public key (a ``keys.Signer`` or a :class:`DeviceKey`)."""
+    return base64.b64encode(key.public_key_bytes()).decode('ascii')
 
 
 # -- the chain head ---------------------------------------------------------------------------
@@ -235,15 +245,16 @@ class ChainHead:
 
     def write(self, path: Path) -> None:
         write_atomic(path, canonical({'sha256': self.sha256, 'sequence': self.sequence,
-                                      'incident_id': self.incident_id}))
+                                      'incident_id': self.incident_id}), mode=0o600)
 
 
-def sign_into(directory: Path, manifest: dict[str, Any], key: DeviceKey) -> str:
-    """Write ``manifest.json`` and ``manifest.sig`` into ``directory``; return the manifest's
-    SHA-256 (the next incident's ``prev_manifest_sha256``)."""
+def sign_into(directory: Path, manifest: dict[str, Any], key: Any) -> str:
+    """Write ``manifest.json`` and ``manifest.sig`` (0600) into ``directory`` signed by ``key``
+    (anything with ``sign``); return the manifest's SHA-256 (the next
+    ``prev_manifest_sha256``)."""
     data = canonical(manifest)
-    write_atomic(directory / MANIFEST, data)
-    write_atomic(directory / SIGNATURE, key.sign(data))
+    write_atomic(directory / MANIFEST, data, mode=0o600)
+    write_atomic(directory / SIGNATURE, key.sign(data), mode=0o600)
     return sha256_bytes(data)
 
 

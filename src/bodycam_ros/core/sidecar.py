@@ -201,3 +201,120 @@ def read_mcap(path: Path) -> Iterator[tuple[str, str, int, object]]:
     with Reader(path) as reader:
         for conn, stamp, data in reader.messages():
             yield conn.topic, conn.msgtype, stamp, ts.deserialize_cdr(data, conn.msgtype)
+
+
+class _NoClose:
+    """Hands a sink to rosbags' MCAP storage, which closes its file when done: here the
+    caller closes it (an age writer's final chunk is the caller's decision)."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+
+    def write(self, data: bytes) -> int:
+        self._sink.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return int(self._sink.tell())      # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        pass
+
+
+class McapStream:
+    """A rosbag2 MCAP written straight into ``sink`` as messages arrive (no file of its own).
+
+    ``sink`` needs ``write`` and ``tell`` (a ``core.encryption.AgeWriter``: the plaintext MCAP
+    never touches the disk). rosbags' writer buffers a chunk (1 MB) and writes the index at
+    :meth:`close`, so this stream alone is not crash-safe: the recorder keeps the journal
+    beside it. ``work`` is a scratch directory for rosbags' ``metadata.yaml`` (deleted at
+    close; the same metadata is inside the MCAP). The summary for the manifest
+    (:class:`BagReport`) is kept as messages pass.
+    """
+
+    def __init__(self, sink: Sink, work: Path) -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        self._ts = _typestore()
+        self._work = work
+        if work.exists():
+            shutil.rmtree(work)
+        writer_cls = type('_StreamWriter', (Writer,), {
+            'STORAGE_PLUGINS': {**Writer.STORAGE_PLUGINS,
+                                StoragePlugin.MCAP: _storage_factory(sink)}})
+        self._writer = writer_cls(work, version=9, storage_plugin=StoragePlugin.MCAP)
+        self._writer.open()
+        self._conns: dict[tuple[str, str], object] = {}
+        self.report = BagReport({}, {}, GpsSummary(), None, None)
+        self.closed = False
+
+    def write(self, rec: SensorRecord) -> None:
+        report = self.report
+        key = (rec.topic, rec.msgtype)
+        conn = self._conns.get(key)
+        if conn is None:
+            if rec.msgtype not in self._ts.fielddefs:
+                report.skipped[rec.msgtype] = report.skipped.get(rec.msgtype, 0) + 1
+                return
+            conn = self._conns[key] = self._writer.add_connection(rec.topic, rec.msgtype,
+                                                                  typestore=self._ts)
+        self._writer.write(conn, int(rec.t * 1e9), rec.data)
+        report.messages[rec.topic] = report.messages.get(rec.topic, 0) + 1
+        report.start_t = rec.t if report.start_t is None else min(report.start_t, rec.t)
+        report.end_t = rec.t if report.end_t is None else max(report.end_t, rec.t)
+        if rec.msgtype == NAVSATFIX:
+            _add_fix(self._ts, report.gps, rec)
+
+    def close(self) -> BagReport:
+        """Write the last chunk, the index and the footer into the sink (not closing it)."""
+        if not self.closed:
+            self.closed = True
+            self._writer.close()
+            shutil.rmtree(self._work, ignore_errors=True)
+        return self.report
+
+
+def _header_bytes() -> bytes:
+    """The MCAP magic and header record exactly as rosbags' McapWriter writes them."""
+    from importlib.metadata import version
+    from io import BytesIO
+
+    from rosbags.rosbag2.storage_mcap import write_record, write_string
+    out, rec = BytesIO(), BytesIO()
+    out.write(b'\x89MCAP\x30\r\n')
+    write_string(rec, 'ros2')
+    write_string(rec, f'rosbags-{version("rosbags")}')
+    write_record(out, 0x01, rec)
+    return out.getvalue()
+
+
+def _storage_factory(sink: Sink) -> type:
+    """A rosbags storage plugin class that writes the MCAP into ``sink`` instead of a file.
+
+    rosbags' ``McapWriter.__init__`` opens ``<bag>/<bag>.mcap`` itself; this one sets up the
+    same state (rosbags 0.11, pinned) around the sink, so no plaintext byte reaches the disk.
+    """
+    from collections import defaultdict
+    from io import BytesIO
+
+    from rosbags.rosbag2.enums import CompressionMode
+    from rosbags.rosbag2.storage_mcap import McapWriter, PendingChunk
+
+    class SinkMcapWriter(McapWriter):
+        def __init__(self, path: Path, compression: CompressionMode) -> None:
+            if compression != CompressionMode.NONE:
+                raise SidecarError(f'a streamed MCAP is not compressed (got {compression})')
+            self.path = path / f'{path.name}.mcap'      # named in metadata, never created
+            self.bio = _NoClose(sink)                  # type: ignore[assignment]
+            self.bio.write(_header_bytes())
+            self.schemas = []
+            self.channels = []
+            self.chunks = []
+            self.chunk = PendingChunk(2**63 - 1, 0, BytesIO(), defaultdict(list))
+            self.compression = ''
+            self.compressor = lambda x: x
+            self.message_start_time = 2**63 - 1
+            self.message_end_time = 0
+            self.channel_stats = {}
+
+    return SinkMcapWriter

@@ -18,9 +18,10 @@ class DurableFile:
     CHUNK = 1 << 20
 
     def __init__(self, path: Path, write: Callable[[int, bytes], int] | None = None,
-                 fsync: Callable[[int], None] | None = None) -> None:
+                 fsync: Callable[[int], None] | None = None, mode: int = 0o600) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        # 0600: evidence is the unit's business alone (whoever else reads the card, too).
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode)
         self._write, self._fsync = write or os.write, fsync or os.fsync
         self._pending = bytearray()
         self.error: OSError | None = None

@@ -4,17 +4,30 @@ Layout under ``evidence_dir`` (the recorder writes ``recording/`` and ``spool/``
 reads ``spool/``, writes ``upload.json`` beside each manifest, and is the only process that
 deletes, logging each deletion in ``pruned.jsonl`` first)::
 
-    recording/<incident_id>/   in progress: video.mp4, sensors.journal, incident.jsonl
-    spool/<incident_id>/       sealed: video.mp4, sensors.mcap, manifest.json, manifest.sig
-                               (+ video.original.mp4 when recovery repaired the clip)
+    recording/<incident_id>/   in progress, encrypted (default): video.mp4.age,
+                               sensors.mcap.age (MCAP streamed through age),
+                               sensors.journal.age (crash-safe journal), incident.jsonl;
+                               plaintext (encrypt: false): video.mp4, sensors.journal,
+                               incident.jsonl
+    spool/<incident_id>/       sealed: manifest.json, manifest.sig and, encrypted,
+                               video.mp4.age + sensors.mcap.age (after a crash also
+                               sensors.journal.age, all as found); plaintext: video.mp4,
+                               sensors.mcap (+ video.original.mp4 when recovery repaired it)
     quarantine/<incident_id>/  (recorder) crash-left incidents that could not be sealed,
                                moved out of recording/ byte for byte, quarantine.json inside
     quarantine/<incident_id>.json  (uploader) a sealed incident it cannot trust; the incident
                                itself stays in spool/ untouched
-    keys/device_ed25519        the signing key (0600) and device_ed25519.pub
+    keys/                      (legacy, format 1) the old device key; today's key lives in
+                               the recorder's key_dir, outside the evidence directory
+    ledger.jsonl, audit.jsonl  the signed ledger (core.ledger) and audit log (core.audit)
     chain_head                 the newest sealed manifest's hash and sequence
     pruned.jsonl               incidents deleted after a verified upload (chain links)
     .recorder.lock             held by the one recorder process using the directory
+
+``incident.jsonl`` stays plaintext: it holds only the lifecycle records (open, trigger, stop,
+video_start, synced, close) whose content the signed manifest publishes anyway, and the unit
+must read it back to seal after a crash. It is a work file: sealing folds it into the
+manifest and deletes it. Directories are 0700, files 0600.
 """
 from __future__ import annotations
 
@@ -33,8 +46,15 @@ VIDEO = 'video.mp4'
 #: The clip exactly as a crash left it, kept beside the repaired ``video.mp4``.
 VIDEO_ORIGINAL = 'video.original.mp4'
 SENSORS = 'sensors.mcap'
+AGE = ev.AGE_SUFFIX
+VIDEO_AGE = VIDEO + AGE
+SENSORS_AGE = SENSORS + AGE
 SENSORS_UNREADABLE = 'sensors.unreadable'
 JOURNAL = 'sensors.journal'
+#: The encrypted journal: deleted on a clean seal (the MCAP has it all), sealed after a crash.
+JOURNAL_AGE = JOURNAL + AGE
+#: Directory mode of the evidence dir, spool, recording and quarantine.
+DIR_MODE = 0o700
 EVENTS = 'incident.jsonl'
 #: Files that exist only while an incident records; sealing folds them into the manifest.
 WORK_FILES = (JOURNAL, EVENTS)

@@ -5,21 +5,29 @@ one writer thread alone touches files. Every failure stays with its item: a bad 
 counted and skipped, a clip that cannot be closed is sealed as recovered, a crash-left
 incident that cannot be sealed is quarantined, and the recorder goes on recording. It never
 deletes evidence: under disk pressure it reports (``disk_low``) and keeps writing.
+
+Every seal and recovery is logged in the signed ledger, and opens, seals, recoveries and
+quarantines in the audit log (both optional here, always given by the node). A stop is
+refused, from any source, while the weapon is drawn or an officer-down alert is open
+(:meth:`Recorder.set_guard`): anyone on the DDS domain can publish ``recorder/command`` and
+the wheels' Fast DDS has no DDS Security plugins to stop them.
 """
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from bodycam_ros.core import evidence as ev
+from bodycam_ros.core.signedlog import LogError
 from bodycam_ros.core.ring import LookbackRing, SensorRecord, Snapshot, VideoPacket
 from bodycam_ros.core.spool.layout import EVENTS
 from bodycam_ros.core.spool.seal import Identity, seal
@@ -76,6 +84,8 @@ class RecorderStatus:
     sync_ms_mean: float
     writer_errors: int           # unexpected errors the writer thread survived
     quarantined_now: int = 0     # quarantined by this process (an ERROR until restart)
+    refused_stops: int = 0       # stops refused while the weapon was drawn / officer down
+    log_errors: int = 0          # ledger or audit appends that failed (see the events)
 
 
 @dataclass
@@ -84,6 +94,8 @@ class _Counters:
     recovered: int = 0
     quarantined: int = 0
     quarantined_now: int = 0
+    refused_stops: int = 0
+    log_errors: int = 0
     seal_failures: int = 0
     internal_errors: int = 0
     last_sealed: str = ''
@@ -106,12 +118,24 @@ class Recorder:
     thread, which alone touches files.
     """
 
-    def __init__(self, store: EvidenceStore, ring: LookbackRing, key: ev.DeviceKey,
-                 config: RecorderConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: EvidenceStore, ring: LookbackRing, key: Any,
+                 config: RecorderConfig, clock: Callable[[], float] = time.time, *,
+                 recipients: Sequence[Any] | None = None, recipient: str = '',
+                 ledger: Any = None, audit: Any = None) -> None:
+        """``key``: a ``keys.Signer``. ``recipients``: the agency's X25519 public keys (None:
+        plaintext evidence), ``recipient`` their ``age1...`` form for the manifest.
+        ``ledger``/``audit``: ``core.ledger.Ledger`` / ``core.audit.AuditLog`` or None."""
         self.store, self.ring, self.key, self.cfg = store, ring, key, config
         self._clock = clock
+        self._recipients = list(recipients) if recipients else None
+        self._encryption = {'scheme': ev.SCHEME_AGE, 'recipient': recipient} \
+            if self._recipients else {'scheme': ev.SCHEME_NONE}
+        self.ledger, self.audit = ledger, audit
+        self._weapon_drawn = False
+        self._alert_open = False
         self._ident = Identity(config.device_id, config.officer_id, config.software_version,
-                               config.pre_event_s, config.post_event_s)
+                               config.pre_event_s, config.post_event_s,
+                               tuple(sorted(self._encryption.items())))
         self._lock = threading.Lock()
         self._state = State.IDLE
         self._incident_id = ''
@@ -182,6 +206,13 @@ class Recorder:
             if cmd.kind == 'stop':
                 if self._state is State.IDLE:
                     return 'stop while idle ignored'
+                guard = self._stop_guard()
+                if guard:
+                    self._c.refused_stops += 1
+                    self._put('event', record | {'type': 'stop_refused', 'why': guard})
+                    return (f'REFUSED stop ({cmd.reason}, command {cmd.command_id or "-"}): '
+                            f'{guard}; incident {self._incident_id} goes on '
+                            f'({self._c.refused_stops} refused so far)')
                 stop_t = cmd.trigger_time if 0 < cmd.trigger_time <= cmd.received + 1.0 \
                     else cmd.received
                 record['stop_time'] = stop_t
@@ -194,6 +225,21 @@ class Recorder:
                 return f'stop: incident {self._incident_id} ends at {self._deadline:.3f}'
             return f'unknown command {cmd.kind!r} ignored'
 
+    def set_guard(self, weapon_drawn: bool | None = None,
+                  alert_open: bool | None = None) -> None:
+        """What the node knows from ``holster/weapon_drawn`` and ``bodycam/alerts``."""
+        with self._lock:
+            if weapon_drawn is not None:
+                self._weapon_drawn = weapon_drawn
+            if alert_open is not None:
+                self._alert_open = alert_open
+
+    def _stop_guard(self) -> str:
+        """Why a stop must be refused now ('' when it may go ahead). Called under the lock."""
+        why = [w for w, on in (('weapon drawn', self._weapon_drawn),
+                               ('officer-down alert open', self._alert_open)) if on]
+        return ' and '.join(why)
+
     def _open(self, cmd: Command, record: dict[str, Any]) -> str:
         snap = self.ring.snapshot(cmd.trigger_time, self.cfg.pre_event_s)
         self._incident_id = str(uuid.uuid4())
@@ -204,7 +250,7 @@ class Recorder:
                   'software_version': self.cfg.software_version,
                   'pre_event_s': self.cfg.pre_event_s, 'post_event_s': self.cfg.post_event_s,
                   'wall_time': time.time(), 'ros_time': cmd.received,
-                  'clip_start': snap.start_t}
+                  'clip_start': snap.start_t, 'encryption': dict(self._encryption)}
         self._put('open', (self._incident_id, opened, snap, record))
         lookback = (cmd.trigger_time - snap.start_t) if snap.start_t is not None else 0.0
         return (f'{cmd.reason}: incident {self._incident_id} opened, {lookback:.1f} s of '
@@ -229,7 +275,7 @@ class Recorder:
             self._jobs.qsize(), c.pending, c.sealed, c.recovered, c.quarantined,
             c.last_sealed, c.disk_error, c.disk_low, c.seal_failures,
             1000.0 * c.sync_s / c.syncs if c.syncs else 0.0, c.internal_errors,
-            c.quarantined_now)
+            c.quarantined_now, c.refused_stops, c.log_errors)
 
     def _put(self, kind: str, payload: Any) -> None:
         self._jobs.put((kind, payload))
@@ -288,11 +334,15 @@ class Recorder:
         incident_id, opened, snap, record = payload
         if writer is not None:      # cannot happen via the state machine; seal, never drop
             self._close_and_seal(writer, 'superseded', retry)
-        w = IncidentWriter(self.store.recording / incident_id, opened, self.cfg.fragment_s)
+        w = IncidentWriter(self.store.recording / incident_id, opened, self.cfg.fragment_s,
+                           recipients=self._recipients)
         w.event(record)
         self._write_snapshot(w, snap)
         self._c.frames = w.frames
         self._c.events.append(f'incident {incident_id} opened ({record.get("reason")})')
+        self._audit('incident_opened', incident_id=incident_id, reason=record.get('reason'),
+                    command_id=record.get('command_id'),
+                    encryption=self._encryption['scheme'])
         return w
 
     def _write_snapshot(self, w: IncidentWriter, snap: Snapshot) -> None:
@@ -352,6 +402,63 @@ class Recorder:
         self._c.last_sealed = target.name
         self._c.events.append(f'incident {target.name} sealed' +
                               (' (recovered)' if recovered else ''))
+        self._log_seal(target, recovered)
+
+    def _log_seal(self, target: Path, recovered: bool) -> None:
+        """Ledger entry and audit line for a sealed incident (the seal already stands: a
+        failure here is reported and healed by :meth:`_ensure_ledger` on the next start)."""
+        try:
+            data = (target / ev.MANIFEST).read_bytes()
+            m = json.loads(data)
+            seq, sha = int(m['sequence']), ev.sha256_bytes(data)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self._log_error('ledger', exc)
+            return
+        now = self._clock()
+        if self.ledger is not None:
+            try:
+                self.ledger.sealed(target.name, seq, sha, now, recovered=recovered)
+            except (LogError, OSError) as exc:
+                self._log_error('ledger', exc)
+        self._audit('incident_recovered' if recovered else 'incident_sealed',
+                    incident_id=target.name, sequence=seq, manifest_sha256=sha,
+                    encryption=(m.get('encryption') or {}).get('scheme'),
+                    incomplete_files=sorted(n for n, e in (m.get('files') or {}).items()
+                                            if isinstance(e, dict) and
+                                            e.get('complete') is False))
+
+    def _ensure_ledger(self) -> None:
+        """The chain head's seal is in the ledger (a crash may have come between them)."""
+        if self.ledger is None:
+            return
+        head = self.store.chain_head()
+        if head.sequence < 1:
+            return
+        recovered = False
+        try:
+            m = json.loads((self.store.spool / head.incident_id / ev.MANIFEST).read_text())
+            recovered = bool(m.get('recovered'))
+        except (OSError, ValueError):
+            pass
+        try:
+            if self.ledger.ensure_sealed(head.incident_id, head.sequence, head.sha256,
+                                         self._clock(), recovered=recovered) is not None:
+                self._c.events.append(f'ledger: logged the seal of {head.incident_id} '
+                                      '(missing after a crash)')
+        except (LogError, OSError) as exc:
+            self._log_error('ledger', exc)
+
+    def _audit(self, action: str, **details: Any) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit.append(action, self._clock(), **details)
+        except (LogError, OSError) as exc:
+            self._log_error('audit', exc)
+
+    def _log_error(self, which: str, exc: BaseException) -> None:
+        self._c.log_errors += 1
+        self._c.events.append(f'{which} append failed: {type(exc).__name__}: {exc}')
 
     def _final_retry(self, retry: list[Path]) -> None:
         for d in list(retry):
@@ -363,6 +470,7 @@ class Recorder:
     def _recover(self, retry: list[Path]) -> None:
         """Seal every crash-left incident on its own: one that fails never blocks the next."""
         self._c.quarantined = len(self.store.quarantined())
+        self._ensure_ledger()
         for d in self.store.unsealed():
             self._c.events.append(f'incident {d.name}: unsealed after a crash, recovering')
             self._seal(d, recovered=True, retry=retry)
@@ -379,6 +487,9 @@ class Recorder:
             return
         self._c.quarantined_now += 1
         self._c.quarantined = len(self.store.quarantined())
+        self._audit('incident_quarantined', incident_id=directory.name,
+                    error_type=type(exc).__name__, error=str(exc)[:500],
+                    quarantine_dir=str(target))
         self._c.events.append(f'incident {directory.name}: quarantined in {target} '
                               f'({type(exc).__name__}: {exc})')
 

@@ -1,7 +1,10 @@
 """Sealing: ``recording/<id>`` becomes a signed, hash-chained ``spool/<id>``.
 
-Each step is safe to repeat after a crash. Recovery never writes the clip a crash left: when
-its tail is torn, the clip is renamed ``video.original.mp4`` (bytes untouched) and the
+Each step is safe to repeat after a crash. The manifest format is documented in
+``core.evidence``. Encrypted incidents (``*.age``): the unit cannot decrypt, so a crash-left
+file is sealed exactly as found (``plaintext`` null, ``complete`` false) and the agency
+repairs after decrypting. Plaintext incidents: recovery never writes the clip a crash left:
+when its tail is torn, the clip is renamed ``video.original.mp4`` (bytes untouched) and the
 complete fragments are copied into a new ``video.mp4``; the manifest hashes both.
 """
 from __future__ import annotations
@@ -14,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bodycam_ros.core import encryption
 from bodycam_ros.core import evidence as ev
 from bodycam_ros.core.fsio import fsync_dir
 from bodycam_ros.core.mp4 import Mp4Error, probe, repair
 from bodycam_ros.core.sidecar import JournalRead, SidecarError, read_journal, write_mcap
-from bodycam_ros.core.spool.layout import (EVENTS, JOURNAL, SENSORS, SENSORS_UNREADABLE,
-                                               VIDEO, VIDEO_ORIGINAL, WORK_FILES)
+from bodycam_ros.core.spool.layout import (AGE, EVENTS, JOURNAL, JOURNAL_AGE, SENSORS,
+                                           SENSORS_AGE, SENSORS_UNREADABLE, VIDEO, VIDEO_AGE,
+                                           VIDEO_ORIGINAL, WORK_FILES)
 from bodycam_ros.core.spool.store import EvidenceStore
 from bodycam_ros.core.spool.writer import read_events
 
@@ -35,16 +40,19 @@ class Identity:
     software_version: str
     pre_event_s: float
     post_event_s: float
+    #: The manifest's ``encryption`` for an incident whose open record does not say.
+    encryption: tuple[tuple[str, str], ...] = (('scheme', ev.SCHEME_NONE),)
 
 
-def seal(store: EvidenceStore, directory: Path, key: ev.DeviceKey, ident: Identity,
+def seal(store: EvidenceStore, directory: Path, key: Any, ident: Identity,
          recovered: bool) -> Path:
     """Turn ``recording/<id>`` into a signed, chained ``spool/<id>``; return the new path.
 
     Steps, each safe to repeat after a crash: (0) read the lifecycle records (a bad one
-    raises before any file is touched), (1) repair the video into a copy if recovering,
-    (2) journal -> sensors.mcap, (3) manifest + signature, (4) chain head (the commit
-    point), (5) drop work files, (6) rename into the spool.
+    raises before any file is touched), (1) plaintext: repair the video into a copy if
+    recovering, journal -> sensors.mcap; encrypted: measure the age files, drop the journal
+    when the MCAP is complete, (2) manifest + signature (``key``: a ``keys.Signer``),
+    (3) chain head (the commit point), (4) drop work files, (5) rename into the spool.
 
     Raises:
         OSError: the disk (retry later). SealError, ValueError: this incident's own records
@@ -66,8 +74,66 @@ def seal(store: EvidenceStore, directory: Path, key: ev.DeviceKey, ident: Identi
     vstart = next((e for e in events if e.get('type') == 'video_start'), None)
     meta = _lifecycle(events, opened, directory)
     incident_id = meta['incident_id']
-    recovery: dict[str, Any] | None = None
 
+    enc = opened.get('encryption') if isinstance(opened.get('encryption'), dict) else None
+    if enc is None:
+        enc = dict(ident.encryption)
+        if any(p.name.endswith(AGE) for p in directory.iterdir()):
+            enc = {'scheme': ev.SCHEME_AGE, 'recipient': dict(ident.encryption).get('recipient')}
+    if enc.get('scheme') == ev.SCHEME_AGE:
+        video, sensors, gps, start_t, end_t, files, recovery = _encrypted(
+            directory, events, closed, vstart, recovered)
+        enc = {'scheme': ev.SCHEME_AGE, 'recipient': enc.get('recipient')}
+    else:
+        video, sensors, gps, start_t, end_t, files, recovery = _plaintext(
+            directory, closed, vstart, recovered)
+        enc = {'scheme': ev.SCHEME_NONE}
+
+    ros_minus_wall = meta['ros_minus_wall']
+    manifest = {
+        'format': ev.FORMAT,
+        'incident_id': incident_id,
+        'sequence': head.sequence + 1,
+        'prev_manifest_sha256': head.sha256,
+        'prev_incident_id': head.incident_id or None,
+        'device_id': opened.get('device_id', ident.device_id),
+        'officer_id': opened.get('officer_id', ident.officer_id),
+        'software': {'name': 'bodycam_ros',
+                     'version': opened.get('software_version', ident.software_version)},
+        'device_public_key': ev.public_key_field(key),
+        'device_key_sha256': ev.sha256_bytes(key.public_key_bytes()),
+        'encryption': enc,
+        'triggers': meta['triggers'],
+        'stops': meta['stops'],
+        'pre_event_s': opened.get('pre_event_s', ident.pre_event_s),
+        'post_event_s': opened.get('post_event_s', ident.post_event_s),
+        'start_time': _wall(start_t, ros_minus_wall),
+        'end_time': _wall(end_t, ros_minus_wall),
+        'start_ros_time': start_t,
+        'end_ros_time': end_t,
+        'start_iso': _iso(_wall(start_t, ros_minus_wall)),
+        'end_iso': _iso(_wall(end_t, ros_minus_wall)),
+        'opened_time': opened.get('wall_time'),
+        'sealed_time': time.time(),
+        'end_reason': closed.get('reason') if closed and not recovered else 'recovered',
+        'frame_count': video.get('frame_count', 0),
+        'video': video,
+        'sensors': sensors,
+        'gps_track': gps,
+        'files': files,
+        'recovered': bool(recovered),
+        'recovery': recovery,
+    }
+    sha = ev.sign_into(directory, manifest, key)
+    os.chmod(directory, 0o700)
+    ev.ChainHead(sha, head.sequence + 1, incident_id).write(store.chain_head_path)
+    return _finish(store, directory)
+
+
+def _plaintext(directory: Path, closed: dict[str, Any] | None,
+               vstart: dict[str, Any] | None, recovered: bool) -> tuple:
+    """Format-1 style files: repair the clip into a copy, the journal into sensors.mcap."""
+    recovery: dict[str, Any] | None = None
     video: dict[str, Any] = {'present': False, 'frame_count': 0}
     vpath = directory / VIDEO
     if vpath.exists() or (directory / VIDEO_ORIGINAL).exists():
@@ -120,48 +186,104 @@ def seal(store: EvidenceStore, directory: Path, key: ev.DeviceKey, ident: Identi
                 start_t = bag.start_t
             end_t = max(t for t in (end_t, bag.end_t) if t is not None)
 
-    ros_minus_wall = meta['ros_minus_wall']
     files = {}
     for path in sorted(directory.iterdir()):
         if path.is_file() and path.name not in WORK_FILES and not path.name.startswith('.'):
             digest, size = ev.sha256_file(path)
-            files[path.name] = {'sha256': digest, 'size': size}
-    manifest = {
-        'format': ev.FORMAT,
-        'incident_id': incident_id,
-        'sequence': head.sequence + 1,
-        'prev_manifest_sha256': head.sha256,
-        'prev_incident_id': head.incident_id or None,
-        'device_id': opened.get('device_id', ident.device_id),
-        'officer_id': opened.get('officer_id', ident.officer_id),
-        'software': {'name': 'bodycam_ros',
-                     'version': opened.get('software_version', ident.software_version)},
-        'device_public_key': ev.public_key_field(key),
-        'device_key_sha256': key.fingerprint,
-        'triggers': meta['triggers'],
-        'stops': meta['stops'],
-        'pre_event_s': opened.get('pre_event_s', ident.pre_event_s),
-        'post_event_s': opened.get('post_event_s', ident.post_event_s),
-        'start_time': _wall(start_t, ros_minus_wall),
-        'end_time': _wall(end_t, ros_minus_wall),
-        'start_ros_time': start_t,
-        'end_ros_time': end_t,
-        'start_iso': _iso(_wall(start_t, ros_minus_wall)),
-        'end_iso': _iso(_wall(end_t, ros_minus_wall)),
-        'opened_time': opened.get('wall_time'),
-        'sealed_time': time.time(),
-        'end_reason': closed.get('reason') if closed and not recovered else 'recovered',
-        'frame_count': video.get('frame_count', 0),
-        'video': video,
-        'sensors': sensors,
-        'gps_track': gps,
-        'files': files,
-        'recovered': bool(recovered),
-        'recovery': recovery,
-    }
-    sha = ev.sign_into(directory, manifest, key)
-    ev.ChainHead(sha, head.sequence + 1, incident_id).write(store.chain_head_path)
-    return _finish(store, directory)
+            files[path.name] = {'sha256': digest, 'size': size,
+                                'complete': path.name not in (VIDEO_ORIGINAL,
+                                                              SENSORS_UNREADABLE)}
+    return video, sensors, gps, start_t, end_t, files, recovery
+
+
+def _encrypted(directory: Path, events: list[dict[str, Any]], closed: dict[str, Any] | None,
+               vstart: dict[str, Any] | None, recovered: bool) -> tuple:
+    """Age files as found: ciphertext hashes always, plaintext hashes only from the close
+    record of a file whose ciphertext is still exactly what the writer closed."""
+    closed_files = (closed or {}).get('files')
+    closed_files = closed_files if isinstance(closed_files, dict) else {}
+
+    def known(name: str) -> dict[str, Any] | None:
+        info = closed_files.get(name)
+        path = directory / name
+        if not isinstance(info, dict) or not path.is_file():
+            return None
+        digest, size = ev.sha256_file(path)
+        return info if (info.get('sha256'), info.get('size')) == (digest, size) else None
+
+    recovery: dict[str, Any] | None = None
+    if known(SENSORS_AGE) is not None:
+        # The MCAP holds every message: the crash-safe journal has done its job.
+        (directory / JOURNAL_AGE).unlink(missing_ok=True)
+    files: dict[str, Any] = {}
+    incomplete = []
+    for path in sorted(directory.iterdir()):
+        if not path.is_file() or path.name in WORK_FILES or path.name.startswith('.'):
+            continue
+        digest, size = ev.sha256_file(path)
+        entry: dict[str, Any] = {'sha256': digest, 'size': size}
+        if path.name.endswith(AGE):
+            info = known(path.name)
+            chunks, torn = _chunks(path, size, complete=info is not None)
+            entry.update({
+                'plaintext': None if info is None else {
+                    'name': path.name[:-len(AGE)], 'sha256': info['plaintext_sha256'],
+                    'size': info['plaintext_size']},
+                'chunks': chunks, 'torn_bytes': torn, 'complete': info is not None})
+        else:                       # not written by this recorder: hashed, never judged
+            entry['complete'] = False
+        if not entry['complete']:
+            incomplete.append(path.name)
+        files[path.name] = entry
+    if incomplete:
+        recovery = {'encrypted': True, 'incomplete_files': incomplete,
+                    'note': 'sealed as found: the unit cannot decrypt; the agency decrypts '
+                            'every complete age chunk and repairs'}
+
+    video: dict[str, Any] = {'present': False, 'frame_count': 0}
+    if (directory / VIDEO_AGE).exists():
+        if closed is not None and known(VIDEO_AGE) is not None:
+            video = {'present': True, 'frame_count': closed.get('frames', 0),
+                     'keyframes': closed.get('keyframes', 0), 'width': closed.get('width'),
+                     'height': closed.get('height'), 'first_stamp': closed.get('first_t'),
+                     'last_stamp': closed.get('last_t')}
+        else:
+            synced = next((e for e in reversed(events) if e.get('type') == 'synced'), {})
+            video = {'present': True, 'frame_count': None, 'keyframes': None,
+                     'width': vstart.get('width') if vstart else None,
+                     'height': vstart.get('height') if vstart else None,
+                     'first_stamp': _number(vstart.get('t')) if vstart else None,
+                     'last_stamp': _number(synced.get('last_t')),
+                     'frames_synced': synced.get('frames')}
+        video['codec'] = 'h264'
+        video['container'] = 'fragmented mp4'
+    bag = (closed or {}).get('sensors') if known(SENSORS_AGE) is not None else None
+    if isinstance(bag, dict):
+        sensors = {k: bag.get(k) for k in ('messages', 'skipped_types', 'first_stamp',
+                                           'last_stamp')}
+        gps = bag.get('gps') if isinstance(bag.get('gps'), dict) else {'fixes': 0}
+    else:
+        sensors = {'messages': {}, 'first_stamp': None, 'last_stamp': None}
+        gps = {'fixes': None}          # unknown: in the encrypted journal
+    start_t = video.get('first_stamp')
+    if start_t is None:
+        start_t = _number(sensors.get('first_stamp'))
+    ends = [t for t in (video.get('last_stamp'), _number(sensors.get('last_stamp')))
+            if t is not None]
+    end_t = max(ends) if ends else None
+    return video, sensors, gps, start_t, end_t, files, recovery
+
+
+def _chunks(path: Path, size: int, complete: bool) -> tuple[int, int]:
+    """(whole age chunks incl. a final one when complete, torn bytes after them)."""
+    try:
+        lay = encryption.scan(path)
+    except encryption.AgeError:
+        return 0, size               # the header itself was cut: nothing decrypts
+    if complete:
+        return lay.full_chunks + 1, 0
+    whole, torn = divmod(lay.size - lay.header_size - encryption.NONCE, encryption.CHUNK_CT)
+    return whole, torn
 
 
 def _lifecycle(events: list[dict[str, Any]], opened: dict[str, Any],

@@ -16,7 +16,7 @@ from typing import Any
 
 from bodycam_ros.core import evidence as ev
 from bodycam_ros.core.fsio import fsync_dir, write_atomic
-from bodycam_ros.core.spool.layout import QUARANTINE_REASON, EvidenceLayout, SpoolError
+from bodycam_ros.core.spool.layout import DIR_MODE, QUARANTINE_REASON, EvidenceLayout, SpoolError
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ class EvidenceStore:
         self.quota_bytes = quota_bytes
         self._disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
         for d in (self.root, self.recording, self.spool):
-            d.mkdir(parents=True, exist_ok=True)
+            d.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            os.chmod(d, DIR_MODE)      # an older 0755 tree is closed too
         self._lock_fd = -1
 
     def lock(self) -> None:
@@ -74,7 +75,7 @@ class EvidenceStore:
             SpoolError: another live process holds the store.
         """
         import fcntl
-        fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.layout.lock, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -147,7 +148,7 @@ class EvidenceStore:
         """Move an incident that cannot be sealed out of recording/, untouched, with
         ``quarantine.json`` (why, when, which error) so it is never retried blindly and never
         blocks the next one. Nothing is deleted."""
-        self.quarantine.mkdir(exist_ok=True)
+        self.quarantine.mkdir(exist_ok=True, mode=DIR_MODE)
         target = self.quarantine / directory.name
         n = 1
         while target.exists():          # the same name quarantined before: keep both
@@ -161,5 +162,5 @@ class EvidenceStore:
         os.replace(directory, target)
         fsync_dir(self.quarantine)
         fsync_dir(directory.parent)
-        write_atomic(target / QUARANTINE_REASON, ev.canonical(reason))
+        write_atomic(target / QUARANTINE_REASON, ev.canonical(reason), mode=0o600)
         return target

@@ -1,42 +1,96 @@
 """One incident being written into ``recording/<id>/``; used only by the writer thread.
 
-Video goes through :class:`Fmp4Writer` into a :class:`DurableFile`, sensor messages into the
-CRC-checked journal, lifecycle records (open, trigger, stop, close) into ``incident.jsonl``,
-each fsynced at fragment boundaries so a crash loses at most one fragment.
+Encrypted (``recipients`` given, the default in the node): video goes through
+:class:`Fmp4Writer` into an :class:`AgeWriter` on a :class:`DurableFile`
+(``video.mp4.age``); sensor messages into the CRC-checked journal through another age writer
+(``sensors.journal.age``, crash-safe) and, at the same time, into a rosbag2 MCAP streamed
+through a third (``sensors.mcap.age``). Plaintext (``recipients`` None): ``video.mp4`` and
+``sensors.journal`` as before, the MCAP is made from the journal at sealing. Lifecycle
+records (open, trigger, stop, video_start, synced, close) go to ``incident.jsonl``. Every
+file is made durable at fragment boundaries, so a crash loses at most one fragment (and, when
+encrypted, at most the unfinished 64 KiB age chunk).
 """
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bodycam_ros.core.encryption import AgeWriter
 from bodycam_ros.core.fsio import fsync_dir
 from bodycam_ros.core.mp4 import Fmp4Writer, Mp4Error
 from bodycam_ros.core.ring import SensorRecord, VideoPacket
-from bodycam_ros.core.sidecar import JournalWriter
+from bodycam_ros.core.sidecar import JournalWriter, McapStream
 from bodycam_ros.core.spool.durable import DurableFile
-from bodycam_ros.core.spool.layout import EVENTS, JOURNAL, VIDEO
+from bodycam_ros.core.spool.layout import (DIR_MODE, EVENTS, JOURNAL, JOURNAL_AGE, SENSORS_AGE,
+                                           VIDEO, VIDEO_AGE)
+
+
+class _Stream:
+    """One evidence file: a DurableFile, encrypted through an AgeWriter or not."""
+
+    def __init__(self, path: Path, recipients: Sequence[Any] | None) -> None:
+        self.name = path.name
+        self.file = DurableFile(path)
+        self.age = AgeWriter(self.file, recipients) if recipients else None
+        self.out: Any = self.age if self.age is not None else self.file
+
+    def sync(self) -> bool:
+        return self.age.durable_flush() if self.age is not None else self.file.sync()
+
+    def finish(self) -> dict[str, Any] | None:
+        """Final age chunk; the plaintext and ciphertext hashes for the close record."""
+        if self.age is None:
+            return None
+        self.age.close()
+        return {'plaintext_sha256': self.age.plaintext_sha256(),
+                'plaintext_size': self.age.plaintext_size,
+                'sha256': self.age.ciphertext_sha256(), 'size': self.age.ciphertext_size}
+
+    def abandon(self) -> None:
+        if self.age is not None:
+            self.age.abandon()
+        self.file.abandon()
 
 
 class IncidentWriter:
-    """The files of one incident in ``recording/``; used only by the writer thread."""
+    """The files of one incident in ``recording/``; used only by the writer thread.
 
-    def __init__(self, directory: Path, open_record: dict[str, Any], fragment_s: float) -> None:
-        directory.mkdir(parents=True, exist_ok=False)
+    Args:
+        recipients: the agency's X25519 public keys; None writes plaintext.
+    """
+
+    def __init__(self, directory: Path, open_record: dict[str, Any], fragment_s: float,
+                 recipients: Sequence[Any] | None = None) -> None:
+        directory.mkdir(parents=True, exist_ok=False, mode=DIR_MODE)
         fsync_dir(directory.parent)
         self.dir = directory
+        self.encrypted = bool(recipients)
+        self._recipients = list(recipients) if recipients else None
         self._fragment_s = fragment_s
         self._events = DurableFile(directory / EVENTS)
-        self._journal_file = DurableFile(directory / JOURNAL)
-        self._journal = JournalWriter(self._journal_file)
-        self._video_file: DurableFile | None = None
+        self._journal_stream = _Stream(directory / (JOURNAL_AGE if self.encrypted else JOURNAL),
+                                       self._recipients)
+        self._journal = JournalWriter(self._journal_stream.out)
+        self._mcap_stream: _Stream | None = None
+        self._mcap: McapStream | None = None
+        if self.encrypted:
+            self._mcap_stream = _Stream(directory / SENSORS_AGE, self._recipients)
+            self._mcap = McapStream(self._mcap_stream.out, directory / '.sensors.bag')
+        self._video: _Stream | None = None
         self._mp4: Fmp4Writer | None = None
         self._last_sync = time.monotonic()
         self.sync_s = 0.0            # time spent in fsync (for the benchmark)
         self.syncs = 0
         self.video_errors = 0
+        self.sensor_errors = 0
         self.event(open_record)
+
+    def _streams(self) -> list[_Stream]:
+        return [s for s in (self._video, self._journal_stream, self._mcap_stream)
+                if s is not None]
 
     @property
     def frames(self) -> int:
@@ -44,13 +98,12 @@ class IncidentWriter:
 
     @property
     def pending_bytes(self) -> int:
-        files = [self._events, self._journal_file, self._video_file]
-        return sum(f.pending_bytes for f in files if f is not None)
+        return self._events.pending_bytes + sum(s.file.pending_bytes for s in self._streams())
 
     @property
     def disk_error(self) -> OSError | None:
-        for f in (self._video_file, self._journal_file, self._events):
-            if f is not None and f.error is not None:
+        for f in [s.file for s in self._streams()] + [self._events]:
+            if f.error is not None:
                 return f.error
         return None
 
@@ -63,8 +116,9 @@ class IncidentWriter:
         if self._mp4 is None:
             if not pkt.keyframe:
                 return
-            self._video_file = DurableFile(self.dir / VIDEO)
-            self._mp4 = Fmp4Writer(self._video_file, self._fragment_s)
+            self._video = _Stream(self.dir / (VIDEO_AGE if self.encrypted else VIDEO),
+                                  self._recipients)
+            self._mp4 = Fmp4Writer(self._video.out, self._fragment_s)
         first = not self._mp4.started
         try:
             boundary = self._mp4.write(pkt)
@@ -79,6 +133,8 @@ class IncidentWriter:
 
     def sensor(self, rec: SensorRecord) -> None:
         self._journal.write(rec)
+        if self._mcap is not None:
+            self._mcap.write(rec)
 
     def maybe_sync(self) -> None:
         """Bounded loss without video too: sync at least every fragment_s."""
@@ -87,37 +143,57 @@ class IncidentWriter:
 
     def sync(self) -> None:
         t0 = time.perf_counter()
-        dirty = [f for f in (self._video_file, self._journal_file) if f is not None and f.dirty]
-        for f in dirty:
-            f.sync()
+        dirty = [s for s in self._streams() if s.file.dirty]
+        for s in dirty:
+            s.sync()
         if dirty:
             self.sync_s += time.perf_counter() - t0
             self.syncs += 1
+            if self.encrypted and self._mp4 is not None and self._mp4.last_t is not None:
+                # What recovery can say about a clip it cannot decrypt: frames muxed by now
+                # (all but the unfinished 64 KiB age chunk is on disk).
+                self.event({'type': 'synced', 'frames': self._mp4.frames,
+                            'keyframes': self._mp4.keyframes, 'last_t': self._mp4.last_t})
         self._last_sync = time.monotonic()
 
     def close(self, end_reason: str) -> None:
-        """Finish the MP4 (last fragment, trailer) and make everything durable.
+        """Finish the MP4 (last fragment, trailer), the MCAP and the age files, and make
+        everything durable.
 
         Raises OSError when the disk still refuses bytes; then nothing is lost: the files
         stay as they are in recording/ and sealing is retried (or done by recovery)."""
+        record: dict[str, Any] = {'type': 'close', 'reason': end_reason}
         if self._mp4 is not None:
             mp4 = self._mp4
             if mp4.started:
                 mp4.close()
-            self.event({'type': 'close', 'reason': end_reason, 'frames': mp4.frames,
-                        'keyframes': mp4.keyframes, 'first_t': mp4.first_t,
-                        'last_t': mp4.last_t, 'width': mp4.width, 'height': mp4.height})
+            record.update({'frames': mp4.frames, 'keyframes': mp4.keyframes,
+                           'first_t': mp4.first_t, 'last_t': mp4.last_t, 'width': mp4.width,
+                           'height': mp4.height})
             self._mp4 = None
         else:
-            self.event({'type': 'close', 'reason': end_reason, 'frames': 0})
-        for f in (self._video_file, self._journal_file, self._events):
-            if f is not None:
-                f.close()
+            record['frames'] = 0
+        if self._mcap is not None:
+            bag = self._mcap.close()
+            record['sensors'] = {'messages': bag.messages, 'skipped_types': bag.skipped,
+                                 'first_stamp': bag.start_t, 'last_stamp': bag.end_t,
+                                 'gps': bag.gps.as_dict()}
+        if self.encrypted:
+            files = {}
+            for s in self._streams():
+                info = s.finish()
+                if info is not None:
+                    files[s.name] = info
+            record['files'] = files
+        for s in self._streams():          # bytes durable before the close record says so
+            s.file.close()
+        self.event(record)
+        self._events.close()
 
     def abandon(self) -> None:
-        for f in (self._video_file, self._journal_file, self._events):
-            if f is not None:
-                f.abandon()
+        for s in self._streams():
+            s.abandon()
+        self._events.abandon()
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
@@ -133,3 +209,4 @@ def read_events(path: Path) -> list[dict[str, Any]]:
         if isinstance(rec, dict):
             out.append(rec)
     return out
+
