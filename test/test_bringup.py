@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bodycam_ros import bringup
+from conftest import spin_until
 
 STATUS = re.compile(r'camera/h264 (?P<cam>[\d.]+) Hz \| imu/data (?P<imu>[\d.]+) Hz \| '
                     r'gps/fix (?P<gps>[\d.]+) Hz \| holster (?P<holster>\S+)')
@@ -198,3 +199,50 @@ def test_second_signal_during_shutdown_still_seals_and_uploads(start_process, tm
     assert verify.returncode == 0, verify.stdout + verify.stderr
     upload = json.loads((sealed / 'upload.json').read_text())
     assert upload['verified'] is True, upload
+
+
+def test_live_view_waits_for_a_taken_port_and_logs_its_url(ctx, executor, start_process,
+                                                           tmp_path: Path):
+    """Issue 11.9: port in use was exit 2, and launch respawned live_view every 2 s forever;
+    the URL with its token was printed only by ``bodycam run``. Now: an ERROR diagnostic and
+    a retry, then the node logs a signed URL that opens the page."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from rclpy.node import Node
+
+    from bodycam_ros.rosutil import RELIABLE_QOS
+    squatter = socket.socket()
+    squatter.bind(('127.0.0.1', 0))
+    squatter.listen()
+    port = squatter.getsockname()[1]
+    diags: list[DiagnosticStatus] = []
+    probe = Node('live_probe', context=ctx)
+    probe.create_subscription(DiagnosticArray, '/diagnostics', lambda m: diags.extend(
+        s for s in m.status if s.name.endswith('live_view')), RELIABLE_QOS)
+    executor.add_node(probe)
+    live = start_process('bodycam_ros.nodes.live_view_node', '--ros-args', '-p', f'port:={port}',
+                         '-p', 'retry_s:=0.5', env={'BODYCAM_LIVE_TOKEN': 'x' * 32})
+    assert spin_until(executor, lambda: any(d.level == DiagnosticStatus.ERROR for d in diags),
+                      30), live.output()
+    spin_until(executor, lambda: False, 3.0)
+    assert live.proc.poll() is None, f'live_view exited {live.proc.returncode}:\n{live.output()}'
+    assert f'127.0.0.1:{port}' in next(d.message for d in diags
+                                       if d.level == DiagnosticStatus.ERROR)
+    squatter.close()
+    url_re = re.compile(rf'live view: (http://127\.0\.0\.1:{port}/\?\S*sig=\S+)')
+    assert spin_until(executor, lambda: url_re.search(live.output()), 20), live.output()
+    url = url_re.search(live.output()).group(1)
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    with browser.open(url, timeout=10) as page:     # the signed link earns a session cookie
+        assert page.status == 200 and b'<html' in page.read().lower()
+    try:
+        urllib.request.urlopen(f'http://127.0.0.1:{port}/', timeout=10)
+        raise AssertionError('the page opened without a token')
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+    assert spin_until(executor, lambda: diags[-1].level != DiagnosticStatus.ERROR, 10)
+    assert live.stop() == 0, live.output()
+

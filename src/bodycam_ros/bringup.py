@@ -20,6 +20,9 @@ from pathlib import Path
 NODES = ('camera', 'imu', 'gps', 'holster', 'trigger_fusion', 'recorder', 'uploader',
          'live_view', 'dispatch_bridge')
 
+#: A scenario starts this long after the graph is launched, so every node is up at t=0.
+SCENARIO_LEAD_S = 3.0
+
 
 def available_nodes(names: Sequence[str] = NODES) -> list[str]:
     """The nodes of ``names`` whose module exists in this build."""

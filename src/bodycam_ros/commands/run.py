@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 
-SCENARIO_LEAD_S = 3.0
+from bodycam_ros.bringup import SCENARIO_LEAD_S
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--log-dir', type=Path, default=None,
                    help='node logs go here (default: <ROS_HOME or ~/.ros>/bodycam/<time>)')
     p.add_argument('--quiet', action='store_true', help='no live status line')
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -89,7 +94,11 @@ def main(args: argparse.Namespace) -> int:
 
     from bodycam_ros.monitor import Monitor
     import rclpy
-    rclpy.init()
+    from rclpy.signals import SignalHandlerOptions
+    # Ctrl-C is Python's KeyboardInterrupt; SIGTERM (systemd, timeout) stops the same way
+    # instead of killing us and orphaning the nodes in their own sessions.
+    signal.signal(signal.SIGTERM, _interrupt)
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     monitor = Monitor(namespace=args.namespace)
     deadline = time.monotonic() + duration if duration else None
     if duration:
@@ -109,12 +118,15 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        # A second Ctrl-C must not cut the stop short: the recorder is sealing.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if tty:
             print()
         print('bodycam: final ' + monitor.status_line(), flush=True)
         print('bodycam: stopping', flush=True)
         codes = sup.stop()
-        bad = {n: c for n, c in codes.items() if c not in (0, None, -2, 130)}
+        bad = {n: c for n, c in codes.items() if c not in (0, None)}
         if bad:
             print('bodycam: unclean exits: ' + ', '.join(f'{n}={c}' for n, c in bad.items()))
             code = 1

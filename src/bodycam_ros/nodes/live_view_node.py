@@ -8,6 +8,7 @@ state: ``bodycam/triggers``, ``bodycam/alerts``, ``bodycam/peer_alert``, ``recor
 """
 from __future__ import annotations
 
+import errno
 import math
 import sys
 import time
@@ -23,12 +24,16 @@ from bodycam_ros.core.live import (Alert, LiveError, LiveServer, LiveState, Live
                                    RecorderState, TriggerState)
 from bodycam_ros.core.live.state import LEVELS
 from bodycam_ros.core.messages import MessageError, decode_alert, decode_recorder, decode_trigger
-from bodycam_ros.core.tokens import TokenAuth, TokenError, load_token
+from bodycam_ros.core.tokens import TokenAuth, TokenError, live_view_url, load_token
 from bodycam_ros.rosutil import (ERROR, LATCHED_QOS, OK, RELIABLE_QOS, SENSOR_QOS, VIDEO_QOS,
                                  WARN, Diagnostics, ParameterError, declare, run_node)
 from bodycam_ros.wire import from_status
 
 WEB_DIR = Path(__file__).resolve().parents[1] / 'web'
+#: Listen errors worth retrying: the port is taken, or the address is not up yet.
+RETRY_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+#: The signed live view URL logged at start is valid this long (as ``bodycam run`` prints).
+URL_TTL_S = 86400.0
 
 
 def _float(v: str | None) -> float | None:
@@ -78,33 +83,36 @@ class LiveViewNode(Node):
                                 min_value=60.0, max_value=7 * 86400.0)
         unit = declare(self, 'unit_id', '',
                        "this unit's id shown on the page (default: namespace)")
+        retry_s = declare(self, 'retry_s', 5.0,
+                          'wait before trying again when the port is in use [s]',
+                          min_value=0.5, max_value=300.0)
         if bool(tls_cert) != bool(tls_key):
             raise ParameterError('parameters live_view.tls_cert and live_view.tls_key must be '
                                  'set together (both PEM files) or both empty')
         try:
-            auth = TokenAuth(load_token(token_file))
+            token = load_token(token_file)
+            auth = TokenAuth(token)
         except TokenError as exc:
             raise ParameterError(f'parameter live_view.token_file: {exc}') from exc
 
         self.state = LiveState(unit=unit or self.get_namespace().strip('/'))
         self.stream = LiveStream(max_queue_s=max_queue_s, max_viewers=max_viewers)
-        try:
-            self.server = LiveServer(self.stream, self.state, auth, WEB_DIR, bind=bind,
-                                     port=port, tls_cert=tls_cert, tls_key=tls_key,
-                                     log=self.get_logger().debug, session_ttl_s=session_ttl_s)
-        except LiveError as exc:
-            raise ParameterError(f'parameters live_view.bind/port/tls_*: {exc}') from exc
-        self.server.start()
-        self.port = self.server.port
-        scheme = 'https' if tls_cert else 'http'
-        self.base_url = f'{scheme}://{bind}:{self.port}/'
-        self.get_logger().info(f'live view on {self.base_url} (token required)')
+        self._token, self._bind, self._tls = token, bind, bool(tls_cert)
+        self._make_server = lambda: LiveServer(
+            self.stream, self.state, auth, WEB_DIR, bind=bind, port=port, tls_cert=tls_cert,
+            tls_key=tls_key, log=self.get_logger().debug, session_ttl_s=session_ttl_s)
+        self.server: LiveServer | None = None
+        self.port = port
+        self.base_url = f'{"https" if tls_cert else "http"}://{bind}:{port}/'
+        self._listen_error = ''
+        self.diag = Diagnostics(self)
+        if not self._listen(first=True):
+            self._retry = self.create_timer(retry_s, self._listen)
 
         self._frames = 0
         self._bad_images = 0
         self._last_jpeg = 0.0
         self._last_frames, self._last_rate_t = 0, time.monotonic()
-        self.diag = Diagnostics(self)
         self.create_subscription(CompressedImage, 'camera/h264', self._on_h264, VIDEO_QOS)
         self.create_subscription(Image, 'camera/image_raw', self._on_image, SENSOR_QOS)
         self.create_subscription(DiagnosticArray, 'bodycam/triggers', self._on_triggers,
@@ -117,6 +125,39 @@ class LiveViewNode(Node):
         self.create_subscription(NavSatFix, 'gps/fix', self._on_fix, SENSOR_QOS)
         self.create_timer(1.0, self._tick)
 
+    def _listen(self, first: bool = False) -> bool:
+        """Open the HTTP(S) server. A port in use (another program, or this node's previous
+        process not yet gone) is an ERROR diagnostic and a retry, not an exit: launch would
+        respawn the node every 2 s forever. Bad TLS files are a configuration error."""
+        if self.server is not None:
+            return True
+        try:
+            server = self._make_server()
+        except LiveError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, OSError) and cause.errno in RETRY_ERRNOS:
+                if exc.args[0] != self._listen_error:
+                    self.get_logger().error(f'{exc}; retrying')
+                self._listen_error = exc.args[0]
+                self.diag.set(ERROR, f'not serving: {exc}', url='')
+                return False
+            if first:
+                raise ParameterError(f'parameters live_view.bind/port/tls_*: {exc}') from exc
+            self.get_logger().error(f'{exc}; not serving')
+            self._listen_error = f'{exc}'
+            self._retry.cancel()
+            return False
+        server.start()
+        self.server, self.port, self._listen_error = server, server.port, ''
+        if not first:
+            self._retry.cancel()
+        self.base_url = f'{"https" if self._tls else "http"}://{self._bind}:{self.port}/'
+        url = live_view_url(self._bind, self.port, self._token, tls=self._tls,
+                            ttl_s=URL_TTL_S)
+        self.get_logger().info(f'live view: {url} (token required; this link expires in '
+                               f'{URL_TTL_S / 3600:g} h)')
+        return True
+
     # ------------------------------------------------------------------ video
     def _on_h264(self, msg: CompressedImage) -> None:
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
@@ -124,7 +165,7 @@ class LiveViewNode(Node):
         self.stream.push(bytes(msg.data), stamp)
 
     def _on_image(self, msg: Image) -> None:
-        if self.server.jpeg.viewers <= 0:
+        if self.server is None or self.server.jpeg.viewers <= 0:
             return   # nobody on the MJPEG fallback: do not spend CPU on JPEG
         now = time.monotonic()
         if now - self._last_jpeg < 1.0 / self._mjpeg_rate:
@@ -201,6 +242,9 @@ class LiveViewNode(Node):
         self._last_frames, self._last_rate_t = self._frames, now
         if abs(fps - self.state.video_fps) >= 0.5:
             self.state.update(video_fps=fps)
+        if self.server is None:
+            self.diag.set(ERROR, f'not serving: {self._listen_error}', url='')
+            return
         s = self.stream.stats()
         values = dict(url=self.base_url, viewers=s.viewers, frames=s.frames_in,
                       fragments=s.fragments_out, bad_frames=s.bad_frames,
@@ -214,7 +258,8 @@ class LiveViewNode(Node):
             self.diag.set(OK, f'serving {s.viewers} viewer(s)', **values)
 
     def close(self) -> None:
-        self.server.close()
+        if self.server is not None:
+            self.server.close()
 
 
 def main(args=None) -> int:
