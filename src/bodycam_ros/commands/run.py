@@ -31,6 +31,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--log-dir', type=Path, default=None,
                    help='node logs go here (default: <ROS_HOME or ~/.ros>/bodycam/<time>)')
     p.add_argument('--quiet', action='store_true', help='no live status line')
+    p.add_argument('--agency', type=Path, default=Path('var/agency'), metavar='DIR',
+                   help='the agency evidence is encrypted to; a demo agency is created here '
+                        'on first use (default var/agency; its private keys belong off the '
+                        'unit)')
+    p.add_argument('--key-dir', type=Path, default=Path('var/keys'), metavar='DIR',
+                   help='the device signing key (created on first use; default var/keys)')
+
+
+def embedded_trust(agency: Path, key_dir: Path, params: Path,
+                   evidence_dir: Path | None) -> dict[str, object]:
+    """The embedded default: a file device key in ``key_dir`` and a demo agency in ``agency``
+    (both created on first use, the unit registered), and the recipient file the recorder
+    encrypts to. Returns the recorder's overrides."""
+    import socket
+
+    import yaml
+
+    from bodycam_ros.core import keys, trust
+    from bodycam_ros.core.encryption import encode_recipient
+
+    doc = yaml.safe_load(Path(params).read_text()) or {}
+    device_id = str(((doc.get('/**') or {}).get('ros__parameters') or {}).get('device_id')
+                    or socket.gethostname())
+    key_dir, agency = key_dir.resolve(), agency.resolve()
+    if not (key_dir / keys.DEVICE_INFO).exists():
+        keys.FileSigner.create(key_dir, device_id, keys.passphrase_from_env(),
+                               evidence_dir or Path('var/evidence'))
+    public = bytes.fromhex(keys.read_device_info(key_dir)['public_key'])
+    if trust.ensure_demo_agency(agency, public, device_id):
+        print(f'bodycam: created a DEMO agency in {agency} (unit {device_id} registered); its '
+              'private keys belong off the unit: use `bodycam agency init` on an agency '
+              'machine for real evidence', flush=True)
+    recipient_file = key_dir / 'agency_recipient.txt'
+    text = encode_recipient(trust.load_encryption_public(agency)) + '\n'
+    if not recipient_file.exists() or recipient_file.read_text() != text:
+        from bodycam_ros.core.fsio import write_atomic
+        write_atomic(recipient_file, text.encode(), mode=0o600)
+    return {'key_dir': str(key_dir), 'agency_recipient_file': str(recipient_file)}
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -74,6 +112,15 @@ def main(args: argparse.Namespace) -> int:
         overrides['bucket'] = args.bucket
     if args.dispatch_webhook is not None:
         overrides['dispatch_webhook'] = args.dispatch_webhook
+
+    if 'recorder' in names:
+        try:
+            overrides.update(embedded_trust(args.agency, args.key_dir, params,
+                                            args.evidence_dir))
+        except (OSError, ValueError, RuntimeError) as exc:
+            print(f'error: --agency {args.agency} / --key-dir {args.key_dir}: {exc}',
+                  file=sys.stderr)
+            return 2
 
     log_dir = args.log_dir or Path(os.environ.get('ROS_HOME', Path.home() / '.ros')) / \
         'bodycam' / time.strftime('%Y%m%d-%H%M%S')
