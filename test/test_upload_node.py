@@ -58,6 +58,43 @@ def test_node_uploads_what_the_recorder_seals_and_reports_status(ctx, executor, 
     assert {p.name: p.read_bytes() for p in stored.iterdir()} == incident_files(inc)
 
 
+def test_node_quarantines_a_damaged_incident_as_error_and_uploads_the_rest(ctx, executor,
+                                                                           tmp_path: Path):
+    """One damaged incident: ERROR on uploader/status and /diagnostics, with the count and
+    the reason; it is kept as found; the urgent good one and the routine one go up."""
+    ev, bucket = tmp_path / 'evidence', tmp_path / 'bucket'
+    bad = make_incident(ev, 'bad', start_time=1_700_000_000.0, reasons=('officer_down',))
+    with open(bad / 'video.mp4', 'r+b') as f:
+        f.write(b'\0' * 64)
+    before = incident_files(bad)
+    make_incident(ev, 'down', start_time=1_700_000_100.0, reasons=('officer_down',))
+    make_incident(ev, 'routine', start_time=1_700_000_000.0)
+    executor.add_node(node_with(ctx, evidence_dir=str(ev), bucket=f'file://{bucket}',
+                                min_free_bytes=0))
+    probe = Node('probe', context=ctx)
+    executor.add_node(probe)
+    status: list[DiagnosticStatus] = []
+    diags: list[DiagnosticStatus] = []
+    probe.create_subscription(DiagnosticStatus, 'uploader/status', status.append, LATCHED_QOS)
+    probe.create_subscription(DiagnosticArray, '/diagnostics',
+                              lambda m: diags.extend(s for s in m.status
+                                                     if s.name == 'uploader'), RELIABLE_QOS)
+
+    assert spin_until(executor, lambda: status and values(status[-1]).get('verified_total')
+                      == '2', 20), [values(s) for s in status[-3:]]
+    assert spin_until(executor, lambda: diags and diags[-1].level == DiagnosticStatus.ERROR, 5)
+    last = values(status[-1])
+    assert status[-1].level == DiagnosticStatus.ERROR
+    assert last['quarantined'] == '1' and last['quarantine_reason'] == 'bad: file_mismatch'
+    assert '1 incident(s) quarantined' in status[-1].message
+    assert last['queue_length'] == '0'
+    assert incident_files(bad) == before and not (bad / 'upload.json').exists()
+    record = json.loads((ev / 'quarantine' / 'bad.json').read_text())
+    assert record['reason'] == 'file_mismatch'
+    assert sorted(p.name for p in (bucket / DEVICE / '2023-11-14').iterdir()) == \
+        ['down', 'routine']
+
+
 @pytest.fixture
 def s3() -> Iterator[S3Server]:
     server = S3Server()
@@ -116,6 +153,7 @@ def test_node_uploads_the_incident_sealed_during_shutdown(start_process, tmp_pat
     ("bucket:='ftp://somewhere'", 'uploader.bucket'),
     ('proxy:=maybe', 'uploader.proxy'),
     ("keep_local_s:=-5.0", 'uploader.keep_local_s'),
+    ('min_free_bytes:=-1', 'uploader.min_free_bytes'),
 ])
 def test_bad_parameters_exit_2_naming_the_parameter(start_process, tmp_path: Path, arg: str,
                                                     message: str):

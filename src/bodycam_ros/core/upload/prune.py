@@ -144,8 +144,12 @@ class Pruner:
         self._recheck_at.pop(name, None)
 
     def free_bytes(self) -> int:
+        """Free bytes on the evidence filesystem (or under the quota, if smaller)."""
+        where = self.evidence_dir
+        while not where.exists() and where.parent != where:
+            where = where.parent          # not created yet: the disk it will be on
         try:
-            free = self._disk_free(self.evidence_dir)
+            free = self._disk_free(where)
         except OSError:
             return 0
         if self.config.max_evidence_bytes > 0:
