@@ -235,3 +235,25 @@ def test_cli_upload_once_uploads_the_good_names_the_damaged_and_exits_non_zero(t
     assert 'quarantined damaged' in out.stderr and 'file_mismatch' in out.stderr
     assert str(ev / 'quarantine' / 'damaged.json') in out.stderr
     assert sorted(p.parent.name for p in bucket.glob(f'{DEVICE}/*/*/manifest.sig')) == goods
+
+
+def test_the_configured_device_key_is_the_one_trusted_and_a_new_key_rechecks(tmp_path: Path):
+    """Manifests must be signed by the recorder's key (key_dir/device_ed25519.pub); a
+    manifest's own device_public_key is not enough. Fixing the configured key releases."""
+    from cryptography.hazmat.primitives import serialization as ser
+    ev = tmp_path / 'evidence'
+    inc = make_incident(ev, 'inc', start_time=T0)
+    before = incident_files(inc)
+    other = tmp_path / 'other' / 'device_ed25519.pub'
+    other.parent.mkdir()
+    other.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo))
+    wrong = uploader(tmp_path, ev, device_key=other)
+    assert set(wrong.drain().quarantined) == {'inc'}
+    assert_quarantined(ev, 'inc', 'bad_signature', before)
+
+    right = uploader(tmp_path, ev, device_key=ev / 'keys' / 'device_ed25519.pub')
+    result = right.drain()
+    assert result.ok and result.verified == ['inc']
+    record = json.loads((inc / 'upload.json').read_text())
+    assert record['signature_key'] == 'device'

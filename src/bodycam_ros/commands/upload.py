@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='consecutive failures before --once gives up (default 6)')
     p.add_argument('--max-backoff', type=float, default=30.0, metavar='S',
                    help='longest wait between retries (default 30 s)')
+    p.add_argument('--key-dir', type=Path, default=None, metavar='DIR',
+                   help="the unit's key dir: manifests must be signed by its "
+                   "device_ed25519.pub (default: each manifest's own key)")
     p.add_argument('--quiet', action='store_true', help='no progress bar, only the summary')
 
 
@@ -113,6 +116,7 @@ def main(args: argparse.Namespace) -> int:
             part_size=int(args.part_size * MiB), multipart_threshold=int(args.part_size * MiB),
             bandwidth_bps=args.bandwidth, keep_local_s=args.keep_local,
             min_free_bytes=max(0, args.min_free),
+            device_key=args.key_dir / 'device_ed25519.pub' if args.key_dir else None,
             max_backoff_s=max(1.0, args.max_backoff))
     except ValueError as exc:
         print(f'error: {exc}', file=sys.stderr)

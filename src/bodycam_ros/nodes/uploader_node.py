@@ -19,6 +19,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 
+from bodycam_ros.core.evidence import KEY_NAME
 from bodycam_ros.core.upload import (S3_MIN_PART, UploadEvent, UploadStatus, create_uploader,
                                      parse_bucket_url, proxy_default)
 from bodycam_ros.rosutil import (ERROR, LATCHED_QOS, OK, SENSOR_QOS, WARN, Diagnostics,
@@ -70,6 +71,9 @@ class UploaderNode(Node):
                                 max_value=3600.0)
         poll_s = declare(self, 'poll_s', 1.0, 'spool poll period [s]', min_value=0.05,
                          max_value=60.0)
+        key_dir = declare(self, 'key_dir', '',
+                          "the recorder's key_dir: manifests must be signed by its "
+                          "device_ed25519.pub; '' or absent: each manifest's own key")
         self._drain_s = declare(self, 'drain_on_exit_s', 8.0,
                                 'on shutdown, keep uploading what the recorder seals for up '
                                 'to this long [s]', min_value=0.0, max_value=60.0)
@@ -89,7 +93,8 @@ class UploaderNode(Node):
             part_size=part_size, multipart_threshold=threshold, bandwidth_bps=bandwidth,
             keep_local_s=keep_local_s, min_free_bytes=min_free_bytes,
             max_evidence_bytes=max_evidence_bytes, prune_check_s=prune_check_s,
-            max_backoff_s=max_backoff_s, poll_s=poll_s)
+            max_backoff_s=max_backoff_s, poll_s=poll_s,
+            device_key=Path(key_dir) / f'{KEY_NAME}.pub' if key_dir else None)
         self._bucket = self._uploader.backend.url
         self._pub = self.create_publisher(DiagnosticStatus, 'uploader/status', LATCHED_QOS)
         self._diag = Diagnostics(self, hardware_id=self._bucket)

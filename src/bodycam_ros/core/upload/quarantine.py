@@ -21,10 +21,11 @@ from bodycam_ros.core.upload.queue import RECORD, atomic_write_json, safe_compon
 QUARANTINE_DIR = 'quarantine'
 
 
-def fingerprint(path: Path) -> str:
+def fingerprint(path: Path, extra: str = '') -> str:
     """Names, sizes and mtimes of an incident's files: changes when anyone touches them.
 
-    ``upload.json`` (the uploader's own mark) and dot/temp files are left out.
+    ``upload.json`` (the uploader's own mark) and dot/temp files are left out. ``extra``
+    is what else the verdict depended on (the trusted device key): a new one re-checks.
     """
     try:
         entries = sorted(os.scandir(path), key=lambda e: e.name)
@@ -35,8 +36,8 @@ def fingerprint(path: Path) -> str:
             st = e.stat(follow_symlinks=False)
             parts.append(f'{e.name}:{st.st_size}:{st.st_mtime_ns}')
     except OSError as exc:
-        return f'unreadable:{exc.errno}'
-    return '|'.join(parts)
+        return f'{extra}#unreadable:{exc.errno}'
+    return f'{extra}#' + '|'.join(parts)
 
 
 @dataclass(frozen=True)
@@ -102,20 +103,20 @@ class Quarantine:
                 self._cache[rec.incident] = rec
 
     def add(self, name: str, path: Path, reason: str, message: str, now: float,
-            details: Iterable[str] = ()) -> QuarantineRecord:
+            details: Iterable[str] = (), extra: str = '') -> QuarantineRecord:
         """Record (durably) that ``name`` is quarantined. Its files are not touched."""
         rec = QuarantineRecord(name, reason, now, message[:2000],
                                tuple(str(d)[:500] for d in list(details)[:50]),
-                               fingerprint(path), str(path))
+                               fingerprint(path, extra), str(path))
         atomic_write_json(self._file(name), rec.to_json())
         self._cache[name] = rec
         return rec
 
-    def holds(self, name: str, path: Path) -> bool:
-        """Quarantined and unchanged since: skip it without reading it again."""
+    def holds(self, name: str, path: Path, extra: str = '') -> bool:
+        """Quarantined and unchanged since (files and ``extra``): skip it unread."""
         self.load()
         rec = self._cache.get(name)
-        return rec is not None and rec.fingerprint == fingerprint(path)
+        return rec is not None and rec.fingerprint == fingerprint(path, extra)
 
     def get(self, name: str) -> QuarantineRecord | None:
         self.load()

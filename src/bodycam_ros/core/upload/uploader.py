@@ -69,6 +69,10 @@ class UploadConfig:
     max_backoff_s: float = 60.0
     #: How often the spool is re-read when idle (a nudge wakes it sooner).
     poll_s: float = 1.0
+    #: The device's public key (PEM, the recorder's ``key_dir/device_ed25519.pub``) that
+    #: manifests must be signed with. None or absent: ``evidence_dir/keys/`` (format 1
+    #: units), else each manifest's own key (proves integrity since sealing, not origin).
+    device_key: Path | None = None
 
     def __post_init__(self) -> None:
         PruneConfig(self.keep_local_s, self.min_free_bytes, self.max_evidence_bytes)
@@ -176,7 +180,7 @@ class Uploader:
         self._evidence_ok: dict[str, str] = {}
         #: Incidents a drain gave up on (excluded from yielding too).
         self._given_up: set[str] = set()
-        self._key_cache: tuple[tuple[int, int], bytes | None] | None = None
+        self._key_cache: tuple[tuple[int, int, str], bytes | None] | None = None
         self._key_warned = False
         self._pruner = Pruner(config.evidence_dir, backend, key_prefix,
                               PruneConfig(config.keep_local_s, config.min_free_bytes,
@@ -545,7 +549,7 @@ class Uploader:
             EvidenceRejected: the incident is not what its device signed.
         """
         name = inc.path.name
-        mark = fingerprint(inc.path)
+        mark = fingerprint(inc.path, self._key_mark())
         if self._evidence_ok.get(name) == mark:
             return                 # checked already and untouched since (a resumed upload)
         self._set(state='checking', current_incident=inc.incident_id)
@@ -565,14 +569,22 @@ class Uploader:
         self._evidence_ok[name] = mark
 
     def _public_key(self) -> bytes | None:
-        """The device's own key (``keys/device_ed25519.pub``, written by the recorder), or
-        None when there is none here (then a manifest's own key proves integrity only)."""
-        path = self.config.evidence_dir / 'keys' / f'{ev.KEY_NAME}.pub'
-        try:
-            st = path.stat()
-        except OSError:
+        """The device's own key (``config.device_key``, else the legacy ``keys/`` in the
+        evidence directory), or None when there is none (then a manifest's own key proves
+        integrity only). Read again whenever the file changes (provisioned after start)."""
+        legacy = self.config.evidence_dir / 'keys' / f'{ev.KEY_NAME}.pub'
+        for path in (self.config.device_key, legacy):
+            if path is None:
+                continue
+            try:
+                st = path.stat()
+                break
+            except OSError:
+                continue
+        else:
+            self._key_cache = None
             return None
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_mtime_ns, st.st_size, str(path))
         if self._key_cache is None or self._key_cache[0] != stamp:
             try:
                 key: bytes | None = ev.load_public_key(path)
@@ -585,9 +597,16 @@ class Uploader:
             self._key_cache = (stamp, key)
         return self._key_cache[1]
 
+    def _key_mark(self) -> str:
+        """What a quarantine verdict depended on besides the files: the trusted key."""
+        key = self._public_key()
+        return ev.sha256_bytes(key)[:16] if key is not None else 'manifest-key'
+
     def _scan_spool(self) -> SpoolScan:
+        mark = self._key_mark()
         return scan_spool(self.config.evidence_dir, skip=self._verified_ids,
-                          public_key=self._public_key(), skip_entry=self._quarantine.holds)
+                          public_key=self._public_key(),
+                          skip_entry=lambda n, p: self._quarantine.holds(n, p, mark))
 
     def _quarantine_incident(self, name: str, path: Path, reason: str, message: str,
                              details: list[str]) -> None:
@@ -597,7 +616,8 @@ class Uploader:
         self._incident_failures.pop(name, None)
         self._proxy_jobs.pop(name, None)     # created only after the check; done by now
         try:
-            self._quarantine.add(name, path, reason, message, time.time(), details)
+            self._quarantine.add(name, path, reason, message, time.time(), details,
+                                 self._key_mark())
         except OSError as exc:
             self._emit('error', name, f'cannot write the quarantine record: {exc}')
         self._emit('quarantined', name, f'{reason}: {message} (kept as found)')
