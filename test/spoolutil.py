@@ -104,3 +104,61 @@ def incident_files(path: Path) -> dict[str, bytes]:
     """The evidence files of a spool directory (what must arrive in the bucket)."""
     return {p.name: p.read_bytes() for p in sorted(path.iterdir())
             if p.is_file() and p.name != 'upload.json'}
+
+
+# -- the recorder's trust set-up (issue 10) -----------------------------------------------------
+# make_incident above stays plaintext (format 1 fields): the upload tests use it as is.
+def agency_for(tmp_path: Path):
+    """A real agency in ``tmp_path/agency`` and its age recipient file (created once):
+    (agency_dir, recipient_file, X25519 private key for decrypting)."""
+    from bodycam_ros.core import trust
+    from bodycam_ros.core.encryption import encode_recipient
+    agency = tmp_path / 'agency'
+    recipient_file = tmp_path / 'agency_recipient.txt'
+    if not (agency / trust.AGENCY_INFO).exists():
+        trust.init_agency(agency, time.time(), name='test agency')
+        recipient_file.write_text(encode_recipient(trust.load_encryption_public(agency)) + '\n')
+    return agency, recipient_file, trust.load_encryption_private(agency, b'')
+
+
+def recorder_params(tmp_path: Path) -> dict[str, object]:
+    """Recorder parameters for a test unit: a key dir beside the evidence (provisioned on first
+    run) and encryption to the test agency."""
+    _, recipient_file, _ = agency_for(tmp_path)
+    return {'key_dir': str(tmp_path / 'keys'), 'provision_on_first_run': True,
+            'agency_recipient_file': str(recipient_file)}
+
+
+def recorder_ros_args(tmp_path: Path) -> list[str]:
+    """:func:`recorder_params` as ``-p name:=value`` arguments for a recorder process."""
+    out: list[str] = []
+    for k, v in recorder_params(tmp_path).items():
+        out += ['-p', f'{k}:={str(v).lower() if isinstance(v, bool) else v}']
+    return out
+
+
+def decrypt_file(path: Path, identity, out: Path):
+    """Decrypt one ``.age`` evidence file to ``out``; returns encryption.DecryptResult."""
+    from bodycam_ros.core.encryption import decrypt
+    with open(out, 'wb') as f:
+        return decrypt(path, identity, f)
+
+
+def decrypted_incident(clip: Path, identity, out_dir: Path) -> dict[str, Path]:
+    """Every ``*.age`` file of an incident decrypted into ``out_dir`` (name without .age),
+    each checked against the manifest's plaintext hash when it has one."""
+    manifest = json.loads((clip / 'manifest.json').read_text())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    got = {}
+    for name, entry in manifest['files'].items():
+        if not name.endswith('.age'):
+            continue
+        target = out_dir / name[:-4]
+        res = decrypt_file(clip / name, identity, target)
+        if entry.get('plaintext') is not None:
+            assert res.complete
+            assert res.plaintext_sha256 == entry['plaintext']['sha256'], name
+            assert res.plaintext_bytes == entry['plaintext']['size'], name
+        assert res.ciphertext_sha256 == entry['sha256'], name
+        got[name[:-4]] = target
+    return got

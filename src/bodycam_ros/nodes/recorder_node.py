@@ -5,13 +5,22 @@ RAM. A ``recorder/command`` start opens an incident reaching back to the keyfram
 before ``trigger_time - pre_event_s``; later starts extend it; a stop begins the
 ``post_event_s`` post-roll, after which the incident is sealed (signed, hash-chained) and
 moved into the spool for the uploader. On start-up, incidents a crash left unsealed are
-repaired (into a copy: the clip as found is kept) and sealed as ``recovered``, each on its
+sealed as ``recovered`` (encrypted: as found; plaintext: repaired into a copy), each on its
 own; one that cannot be sealed is quarantined with its reason. The recorder never deletes
 evidence (the uploader prunes): under disk pressure it reports ERROR and keeps recording.
 Publishes ``recorder/status`` (~1 Hz and on every state change) and ``/diagnostics``.
+
+Trust: the device key comes from ``key_dir`` (``bodycam provision``; never inside
+``evidence_dir``), every evidence file is encrypted as written to the agency's age recipient
+in ``agency_recipient_file`` (``encrypt: false`` writes plaintext, with a WARN at every start
+and in /diagnostics), each seal goes into the signed ledger and the audit log. A ``stop`` is
+refused from any source while ``holster/weapon_drawn`` is true or an officer-down alert on
+``bodycam/alerts`` is raised (no DDS Security in the wheels' Fast DDS to stop a forger).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import socket
 import sys
 from pathlib import Path
@@ -24,9 +33,13 @@ from sensor_msgs.msg import CompressedImage, Imu, NavSatFix
 from std_msgs.msg import Bool
 
 import bodycam_ros
-from bodycam_ros.core import evidence as ev
+from bodycam_ros.core import keys
+from bodycam_ros.core.audit import AuditLog, audit_path
+from bodycam_ros.core.encryption import AgeError, decode_recipient
 from bodycam_ros.core.h264 import EncoderError, is_keyframe
-from bodycam_ros.core.messages import MessageError, decode_command
+from bodycam_ros.core.ledger import Ledger, ledger_path
+from bodycam_ros.core.messages import ALERT_NAME, MessageError, decode_alert, decode_command
+from bodycam_ros.core.signedlog import LogError
 from bodycam_ros.core.ring import LookbackRing, SensorRecord, VideoPacket
 from bodycam_ros.core.spool import (Command, EvidenceStore, Recorder, RecorderConfig,
                                     RecorderStatus, SpoolError, State)
@@ -44,6 +57,8 @@ SENSOR_TOPICS = (
     ('bodycam/alerts', DiagnosticStatus, LATCHED_QOS, True),
     ('dispatch/destination', NavSatFix, LATCHED_QOS, True),
 )
+PLAINTEXT_WARNING = ('encrypt is false: evidence is written in PLAINTEXT; whoever takes the '
+                     'card reads it')
 #: No video for this long while the camera should be streaming: WARN.
 VIDEO_STALE_S = 3.0
 
@@ -59,23 +74,31 @@ class RecorderNode(Node):
         super().__init__('recorder', **kw)
         p = self._declare_all()
         self._p = p
+        device_id = p['device_id'] or socket.gethostname()
+        signer, key_event = self._open_key(p, device_id)
+        recipient = self._recipient(p)
         try:
             self._store = EvidenceStore(Path(p['evidence_dir']),
                                         quota_bytes=p['max_evidence_bytes'])
             self._store.lock()
-            key = ev.DeviceKey.load_or_create(self._store.keys)
-        except (OSError, ev.EvidenceError, SpoolError) as exc:
+        except (OSError, SpoolError) as exc:
             raise ParameterError(f'parameter {self.get_name()}.evidence_dir='
                                  f'{p["evidence_dir"]!r} is unusable: {exc}') from exc
+        ledger = Ledger(ledger_path(self._store.root), signer, device_id)
+        audit = AuditLog(audit_path(self._store.root), signer, device_id)
+        self._audit_start(audit, p, signer, key_event, recipient)
         self._ring = LookbackRing(
             keep_s=p['pre_event_s'] + p['lookback_margin_s'], max_bytes=p['max_buffer_bytes'],
             latched_topics=[self.resolve_topic_name(t) for t, _, _, latched in SENSOR_TOPICS
                             if latched])
-        self._recorder = Recorder(self._store, self._ring, key, RecorderConfig(
+        self._recorder = Recorder(self._store, self._ring, signer, RecorderConfig(
             pre_event_s=p['pre_event_s'], post_event_s=p['post_event_s'],
             fragment_s=p['fragment_s'], min_free_bytes=p['min_free_bytes'],
-            device_id=p['device_id'] or socket.gethostname(), officer_id=p['officer_id'],
-            software_version=bodycam_ros.__version__), clock=self._now)
+            device_id=device_id, officer_id=p['officer_id'],
+            software_version=bodycam_ros.__version__), clock=self._now,
+            recipients=[decode_recipient(recipient)] if recipient else None,
+            recipient=recipient or '', ledger=ledger, audit=audit)
+        self._alerts: dict[str, bool] = {}
         self.video_packets = self.bad_packets = self.bad_commands = 0
         self.sensor_messages = 0
         self._last_video = None
@@ -90,13 +113,88 @@ class RecorderNode(Node):
         self._command_topic = self.resolve_topic_name('recorder/command')
         self.create_subscription(DiagnosticStatus, 'recorder/command', self._on_command,
                                  RELIABLE_QOS)
+        # The stop guard's inputs (decoded; the raw copies above go into the sidecar).
+        self.create_subscription(Bool, 'holster/weapon_drawn', self._on_weapon, LATCHED_QOS)
+        self.create_subscription(DiagnosticStatus, 'bodycam/alerts', self._on_alert,
+                                 LATCHED_QOS)
         self.create_timer(0.1, self._tick)
         self.create_timer(p['status_period_s'], self._publish_status)
         self._recorder.start()
+        if key_event == 'key_created':
+            self.get_logger().warning(f'provision_on_first_run: created the device key in '
+                                      f'{Path(p["key_dir"]).resolve()}; register it with the '
+                                      'agency (bodycam agency register)')
+        if not recipient:
+            self.get_logger().warning(PLAINTEXT_WARNING)
         self.get_logger().info(
             f'evidence in {self._store.root.resolve()}, look-back {p["pre_event_s"]:.0f} s '
             f'(<= {p["max_buffer_bytes"] / 1e6:.0f} MB), post-roll {p["post_event_s"]:.0f} s, '
-            f'device key {key.fingerprint[:16]}')
+            f'device key {signer.key_id[:16]} ({type(signer).__name__}), encryption '
+            + (f'age to {recipient[:16]}...' if recipient else 'NONE'))
+
+    # -- trust -------------------------------------------------------------------------------
+    def _open_key(self, p: dict, device_id: str) -> tuple[keys.Signer, str]:
+        """The device signer from ``key_dir`` (created there only with provision_on_first_run)."""
+        name = self.get_name()
+        key_dir, evidence = Path(p['key_dir']), Path(p['evidence_dir'])
+        try:
+            keys.check_outside(key_dir, evidence)
+        except keys.KeyStoreError as exc:
+            raise ParameterError(f'parameter {name}.key_dir={p["key_dir"]!r}: {exc}') from exc
+        event = 'key_loaded'
+        if not (key_dir / keys.DEVICE_INFO).exists():
+            if not p['provision_on_first_run']:
+                raise ParameterError(
+                    f'parameter {name}.key_dir={p["key_dir"]!r} holds no device key: run '
+                    f'`bodycam provision --key-dir {p["key_dir"]}` (or set '
+                    f'provision_on_first_run:=true)')
+            try:
+                keys.FileSigner.create(key_dir, device_id, keys.passphrase_from_env(), evidence)
+            except (keys.KeyStoreError, OSError) as exc:
+                raise ParameterError(f'parameter {name}.key_dir={p["key_dir"]!r}: cannot '
+                                     f'provision: {exc}') from exc
+            event = 'key_created'
+        try:
+            return keys.open_signer(key_dir), event
+        except (keys.KeyStoreError, OSError) as exc:
+            raise ParameterError(f'parameter {name}.key_dir={p["key_dir"]!r}: {exc}') from exc
+
+    def _recipient(self, p: dict) -> str | None:
+        """The agency's ``age1...`` recipient, or None when encrypt is false."""
+        name = self.get_name()
+        if not p['encrypt']:
+            return None
+        path = p['agency_recipient_file']
+        if not path:
+            raise ParameterError(f'parameter {name}.agency_recipient_file is empty: evidence '
+                                 'is encrypted to the agency (a file holding its age1... '
+                                 'recipient), or set encrypt:=false for plaintext')
+        try:
+            text = Path(path).read_text().strip()
+            decode_recipient(text)
+        except (OSError, UnicodeDecodeError, AgeError) as exc:
+            raise ParameterError(f'parameter {name}.agency_recipient_file={path!r}: not a '
+                                 f'readable age recipient file: {exc}') from exc
+        return text
+
+    def _audit_start(self, audit: AuditLog, p: dict, signer: keys.Signer, key_event: str,
+                     recipient: str | None) -> None:
+        """Configuration and key events, once per start."""
+        now = self._now()
+        params = {k: v for k, v in sorted(p.items())
+                  if not any(w in k for w in ('secret', 'password', 'passphrase', 'token'))}
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+        try:
+            audit.append(key_event, now, key_fingerprint=signer.key_id,
+                         backend=type(signer).__name__, key_dir=str(Path(p['key_dir']).resolve()))
+            audit.append('config_loaded', now, node=self.get_name(), parameters=params,
+                         config_sha256=digest,
+                         encryption='age-v1' if recipient else 'none',
+                         recipient_fingerprint=hashlib.sha256(
+                             recipient.encode()).hexdigest() if recipient else None)
+        except (LogError, OSError) as exc:
+            raise ParameterError(f'parameter {self.get_name()}.evidence_dir='
+                                 f'{p["evidence_dir"]!r}: audit log unusable: {exc}') from exc
 
     # -- parameters --------------------------------------------------------------------------
     def _declare_all(self) -> dict:
@@ -104,8 +202,18 @@ class RecorderNode(Node):
             return declare(self, name, default, description, **kw)
 
         p = {
-            'evidence_dir': d('evidence_dir', 'var/evidence', 'where recording/, spool/ and '
-                              'keys/ live (relative to the working directory)'),
+            'evidence_dir': d('evidence_dir', 'var/evidence', 'where recording/, spool/, the '
+                              'ledger and the audit log live (relative to the working '
+                              'directory)'),
+            'key_dir': d('key_dir', 'var/keys', 'the device signing key (bodycam provision); '
+                         'never inside evidence_dir'),
+            'provision_on_first_run': d('provision_on_first_run', False, 'create a file key '
+                                        'in key_dir when it holds none (demo/sim units)'),
+            'encrypt': d('encrypt', True, 'encrypt every evidence file to the agency (false: '
+                         'plaintext, WARN at every start)'),
+            'agency_recipient_file': d('agency_recipient_file', '', 'file holding the '
+                                       'agency\'s age recipient (age1...); the unit holds '
+                                       'only this public key'),
             'device_id': d('device_id', '', 'this unit\'s id in manifests ("" = hostname)'),
             'officer_id': d('officer_id', 'unassigned', 'officer wearing the unit'),
             'pre_event_s': d('pre_event_s', 120.0, 'look-back kept before a trigger [s]',
@@ -174,8 +282,26 @@ class RecorderNode(Node):
             return
         result = self._recorder.on_command(Command(cmd.kind.value, cmd.reason.value,
                                                    cmd.trigger_time, cmd.command_id, now))
-        self.get_logger().info(result)
+        if result.startswith('REFUSED'):
+            self.get_logger().warning(result)
+        else:
+            self.get_logger().info(result)
         self._publish_status()
+
+    def _on_weapon(self, msg: Bool) -> None:
+        self._recorder.set_guard(weapon_drawn=bool(msg.data))
+
+    def _on_alert(self, msg: DiagnosticStatus) -> None:
+        try:
+            alert = decode_alert(from_status(msg))
+        except MessageError as exc:
+            self.get_logger().warning(f'bodycam/alerts ignored: {exc}',
+                                      throttle_duration_sec=5.0)
+            return
+        if alert.name != ALERT_NAME:
+            return
+        self._alerts[alert.alert_id] = alert.raised
+        self._recorder.set_guard(alert_open=any(self._alerts.values()))
 
     def _tick(self) -> None:
         self._recorder.tick()
@@ -202,6 +328,8 @@ class RecorderNode(Node):
             pre_event_s=self._p['pre_event_s'], video_age_s=video_age,
             fsync_ms=st.sync_ms_mean, disk_error=st.disk_error,
             seal_failures=st.seal_failures, writer_errors=st.writer_errors, problem=problem,
+            refused_stops=st.refused_stops, log_errors=st.log_errors,
+            encryption='age-v1' if self._p['encrypt'] else 'none',
             evidence_dir=str(self._store.root.resolve()))
         msg = status(f'{self.get_namespace().rstrip("/")}/recorder'.lstrip('/'), level,
                      st.state.value, **values)
@@ -225,6 +353,10 @@ class RecorderNode(Node):
         if st.buffered_s + 1.0 < self._p['pre_event_s'] and \
                 self._ring.stats().evicted_for_bytes:
             return WARN, 'max_buffer_bytes limits the look-back below pre_event_s'
+        if st.log_errors:
+            return WARN, f'{st.log_errors} ledger/audit append(s) failed; see the log'
+        if not self._p['encrypt']:
+            return WARN, PLAINTEXT_WARNING
         return OK, ''
 
     def close(self) -> None:
