@@ -257,3 +257,55 @@ def test_the_configured_device_key_is_the_one_trusted_and_a_new_key_rechecks(tmp
     assert result.ok and result.verified == ['inc']
     record = json.loads((inc / 'upload.json').read_text())
     assert record['signature_key'] == 'device'
+
+
+@pytest.mark.parametrize('encrypted', [False, True], ids=['plaintext', 'age'])
+def test_incidents_the_real_recorder_seals_pass_the_checks_upload_and_prune(
+        tmp_path: Path, encrypted: bool):
+    """The checks against what core.spool really writes (format 2, key in key_dir, age):
+    nothing of a sound incident is quarantined; keep_local_s 0 prunes after the bucket
+    copy verifies; the officer-down clip goes first."""
+    import uuid
+
+    from bodycam_ros.core import keys, trust
+    from bodycam_ros.core.encryption import encode_recipient
+    from bodycam_ros.core.ring import LookbackRing
+    from bodycam_ros.core.spool import Command, EvidenceStore, Recorder, RecorderConfig
+    from spoolutil import agency_for
+    from test_mp4 import encode_clip
+
+    root = tmp_path / 'evidence'
+    store = EvidenceStore(root)
+    signer = keys.FileSigner.create(tmp_path / 'keys', 'unit-1', None, root)
+    kw: dict = {}
+    if encrypted:
+        agency, _, _ = agency_for(tmp_path)
+        pub = trust.load_encryption_public(agency)
+        kw = dict(recipients=[pub], recipient=encode_recipient(pub))
+    rec = Recorder(store, LookbackRing(keep_s=3.0, max_bytes=1 << 26), signer,
+                   RecorderConfig(pre_event_s=1.0, post_event_s=0.4, min_free_bytes=0), **kw)
+    rec.start()
+    frames = 60
+    for i, p in enumerate(encode_clip(frames * 2)):
+        rec.on_video(p)
+        k = i % frames
+        if k == frames // 2:
+            reason = 'manual' if i < frames else 'officer_down'
+            rec.on_command(Command('start', reason, p.t, str(uuid.uuid4()), p.t))
+        elif k == frames * 3 // 4:
+            rec.on_command(Command('stop', 'manual', p.t, str(uuid.uuid4()), p.t))
+        rec.tick(p.t)
+    rec.close()
+    assert rec.status().sealed == 2
+    sealed = {json.loads((d / 'manifest.json').read_text())['triggers'][0]['reason']: d.name
+              for d in (root / 'spool').iterdir()}
+    up = uploader(tmp_path, root, device_key=tmp_path / 'keys' / 'device_ed25519.pub',
+                  keep_local_s=0.0)
+
+    result = up.drain(timeout_s=60)
+
+    assert result.ok, result
+    assert result.verified == [sealed['officer_down'], sealed['manual']]
+    assert list((root / 'spool').iterdir()) == []
+    assert [json.loads(line)['incident_id'] for line in
+            (root / 'pruned.jsonl').read_text().splitlines()] == result.verified
