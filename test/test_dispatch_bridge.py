@@ -42,7 +42,9 @@ def bridge(ctx, tmp_path, **params) -> DispatchBridgeNode:
     from rclpy.parameter import Parameter
     overrides = [Parameter(k, value=v) for k, v in {
         'source': 'none', 'outbox_dir': str(tmp_path / 'outbox'), 'retry_base_s': 0.1,
-        'retry_max_s': 1.0, 'webhook_timeout_s': 1.0, **params}.items()]
+        'retry_max_s': 1.0, 'webhook_timeout_s': 1.0,
+        # loopback receivers over plain http; TLS is tested in test_dispatch_tls.py
+        'allow_insecure_http': True, **params}.items()]
     return DispatchBridgeNode(context=ctx, parameter_overrides=overrides)
 
 

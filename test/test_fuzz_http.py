@@ -89,7 +89,8 @@ def live():
 @pytest.fixture(scope='module')
 def cad():
     got: list = []
-    intake = CadIntake(TokenAuth(TOKEN), got.append, port=0)
+    # Plain http: this fuzzes the HTTP parser; TLS is tested in test_dispatch_tls.py.
+    intake = CadIntake(TokenAuth(TOKEN), got.append, port=0, allow_insecure_http=True)
     intake.start()
     intake.got = got
     yield intake

@@ -14,7 +14,7 @@ from bodycam_ros.core.dispatch import (Assignment, DispatchError, EventPolicy, P
                                        PeerAlerts, parse_assignment)
 from bodycam_ros.core.outbox import (Backoff, Courier, DeliveryError, Outbox, OutboxError,
                                      WebhookTransport)
-from webhook_receiver import Receiver
+from webhook_receiver import Receiver, make_ca
 
 OUTAGE_S = float(os.environ.get('BODYCAM_TEST_OUTAGE_S', '8'))
 
@@ -56,9 +56,12 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
 
 
 def test_webhook_gets_alert_fast_with_idempotency_key_and_token(tmp_path: Path) -> None:
-    rx = Receiver().start()
+    """Over TLS, as deployed: the token never crosses in clear."""
+    ca = make_ca(tmp_path / 'tls')
+    rx = Receiver(tls=ca).start()
     box = Outbox(tmp_path / 'ob')
-    courier = Courier(box, WebhookTransport(rx.url, token='dispatch-secret-123456'))
+    courier = Courier(box, WebhookTransport(rx.url, token='dispatch-secret-123456',
+                                            ca_file=str(ca.ca_file)))
     courier.start()
     try:
         lat = []
@@ -83,7 +86,8 @@ def test_webhook_down_then_back_gets_every_event_once_in_order(tmp_path: Path) -
     rx = Receiver().start()
     port = rx.port
     box = Outbox(tmp_path / 'ob')
-    courier = Courier(box, WebhookTransport(rx.url, timeout_s=1.0), Backoff(0.1, 2.0))
+    courier = Courier(box, WebhookTransport(rx.url, timeout_s=1.0, allow_insecure_http=True),
+                      Backoff(0.1, 2.0))
     courier.start()
     try:
         box.put('before', 'officer_down', {})
@@ -99,8 +103,8 @@ def test_webhook_down_then_back_gets_every_event_once_in_order(tmp_path: Path) -
         # A restart of the bridge during the outage loses nothing either.
         courier.stop()
         box = Outbox(tmp_path / 'ob')
-        courier = Courier(box, WebhookTransport(f'http://127.0.0.1:{port}/hook', timeout_s=1.0),
-                          Backoff(0.1, 2.0))
+        courier = Courier(box, WebhookTransport(f'http://127.0.0.1:{port}/hook', timeout_s=1.0,
+                                                allow_insecure_http=True), Backoff(0.1, 2.0))
         courier.start()
         rx = Receiver(port).start()
         t_up = time.monotonic()
@@ -122,7 +126,7 @@ def test_webhook_down_then_back_gets_every_event_once_in_order(tmp_path: Path) -
 def test_server_errors_are_retried_not_dropped(tmp_path: Path) -> None:
     rx = Receiver(status=503).start()
     box = Outbox(tmp_path / 'ob')
-    courier = Courier(box, WebhookTransport(rx.url), Backoff(0.05, 0.2))
+    courier = Courier(box, WebhookTransport(rx.url, allow_insecure_http=True), Backoff(0.05, 0.2))
     courier.start()
     try:
         box.put('x', 'officer_down', {})
@@ -200,7 +204,7 @@ def test_officer_down_is_never_queued_behind_other_events(tmp_path: Path) -> Non
     # Live: dispatch keeps failing the incident event; officer-down still goes through at once.
     rx = Receiver(status=lambda b: (503, b'') if b['type'] != 'officer_down' else (200, b''))
     rx.start()
-    courier = Courier(box, WebhookTransport(rx.url), Backoff(0.05, 0.2))
+    courier = Courier(box, WebhookTransport(rx.url, allow_insecure_http=True), Backoff(0.05, 0.2))
     courier.start()
     try:
         assert rx.wait_for(lambda g: len(g) >= 3, 5.0)
@@ -227,7 +231,7 @@ def test_rejected_event_is_dead_lettered_and_the_queue_goes_on(tmp_path: Path) -
     rx = Receiver(status=status).start()
     box = Outbox(tmp_path / 'ob')
     rejected = []
-    courier = Courier(box, WebhookTransport(rx.url), Backoff(0.05, 0.2),
+    courier = Courier(box, WebhookTransport(rx.url, allow_insecure_http=True), Backoff(0.05, 0.2),
                       on_rejected=lambda ev, why: rejected.append((ev.event_id, why)))
     courier.start()
     try:

@@ -1,8 +1,11 @@
 """The unit's side of dispatch: CAD assignments in, officer-down and incident events out,
 and officer-down alerts shared between units.
 
-- :class:`CadIntake` is the authenticated HTTP endpoint the CAD side POSTs assignments to;
-  :func:`parse_assignment` turns a request body into an :class:`Assignment` or says why not.
+- :class:`CadIntake` is the authenticated HTTPS endpoint the CAD side POSTs assignments to
+  (plain HTTP only when ``allow_insecure_http`` is asked for); :func:`parse_assignment` turns
+  a request body into an :class:`Assignment` or says why not. :func:`server_tls_context`
+  loads a certificate; :func:`ensure_self_signed` makes one for a unit that has none, whose
+  SHA-256 fingerprint a CAD client pins.
 - :class:`EventPolicy` turns what the unit publishes (alerts, triggers, recorder status) into
   the events dispatch is sent, each with a stable id so a restart cannot send one twice.
 - :class:`PeerAlerts` decides, for another unit's officer-down alert, how far away it is and
@@ -11,8 +14,13 @@ No ROS imports.
 """
 from __future__ import annotations
 
+import datetime as _dt
+import hashlib
+import ipaddress
 import json
 import math
+import os
+import ssl
 import sys
 import threading
 import time
@@ -21,13 +29,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+from bodycam_ros.core.fsio import write_atomic
 from bodycam_ros.core.geodesy import GeodesyError, distance_m
 from bodycam_ros.core.tokens import TokenAuth
 
 __all__ = ['EVENT_KINDS', 'Assignment', 'CadIntake', 'DispatchError', 'EventPolicy',
-           'PeerAlert', 'PeerAlerts', 'PeerDecision', 'parse_assignment']
+           'PeerAlert', 'PeerAlerts', 'PeerDecision', 'TlsIdentity', 'cert_fingerprint',
+           'ensure_self_signed', 'parse_assignment', 'server_tls_context']
 
 EVENT_KINDS = ('officer_down', 'weapon_drawn', 'incident_started', 'incident_sealed')
 _NS = uuid.UUID('6f0c0f5e-7f44-4d0e-9a47-b0d1ca3e6a11')   # ids of derived events
@@ -99,6 +110,124 @@ def parse_assignment(body: bytes, now: float | None = None) -> Assignment:
         return Assignment(aid, clear=True, note=note, received_at=t)
     return Assignment(aid, _coord(d, 'latitude', 90.0), _coord(d, 'longitude', 180.0),
                       note=note, received_at=t)
+
+
+# --------------------------------------------------------------------------- TLS
+
+#: Names of the certificate and key :func:`ensure_self_signed` keeps in its directory.
+SELF_SIGNED_CERT, SELF_SIGNED_KEY = 'cad_cert.pem', 'cad_key.pem'
+#: A generated certificate is renewed this long before it expires (its pin changes then).
+RENEW_BEFORE_S = 30 * 86400.0
+SELF_SIGNED_DAYS = 3650   # a pinned certificate: its lifetime is the pin's, not a CA's policy
+
+
+@dataclass(frozen=True)
+class TlsIdentity:
+    """A certificate and its key on disk, and the SHA-256 fingerprint a client pins."""
+    cert_file: Path
+    key_file: Path
+    sha256: str          # 'AB:CD:...' of the DER certificate, as `openssl x509 -fingerprint`
+    created: bool = False
+
+
+def _check_key_mode(path: Path) -> None:
+    """A private key readable by group or others is refused, as a token file is."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise DispatchError(f'TLS key file {path}: {exc.strerror}') from exc
+    if mode & 0o077:
+        raise DispatchError(f'TLS key file {path} is readable by group/others '
+                            f'(mode {mode & 0o777:o}); chmod 600 it')
+
+
+def cert_fingerprint(pem: bytes) -> str:
+    """SHA-256 of the first certificate in ``pem`` (DER), colon-separated upper-case hex."""
+    try:
+        der = ssl.PEM_cert_to_DER_cert(pem.decode('ascii', 'replace'))
+    except ValueError as exc:
+        raise DispatchError(f'not a PEM certificate: {exc}') from exc
+    return ':'.join(f'{b:02X}' for b in hashlib.sha256(der).digest())
+
+
+def server_tls_context(cert_file: str | os.PathLike[str],
+                       key_file: str | os.PathLike[str]) -> ssl.SSLContext:
+    """A server context for ``cert_file``/``key_file`` (PEM): TLS 1.2 and later only.
+
+    Raises:
+        DispatchError: a file is missing or unreadable, the key is readable by others, or the
+            key does not belong to the certificate.
+    """
+    _check_key_mode(Path(key_file))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(os.fspath(cert_file), os.fspath(key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise DispatchError(f'cannot load TLS certificate {cert_file} with key {key_file}: '
+                            f'{exc}') from exc
+    return ctx
+
+
+def ensure_self_signed(directory: str | os.PathLike[str], hosts: Iterable[str],
+                       now: float) -> TlsIdentity:
+    """The self-signed CAD certificate in ``directory`` (0700; key 0600), made if missing.
+
+    An existing pair is reused, so its pin survives restarts; one expiring within
+    :data:`RENEW_BEFORE_S` of ``now`` is replaced (``created``: the pin changed). ``hosts``
+    (names or IP addresses) go into subjectAltName.
+
+    Raises:
+        DispatchError: the directory is unusable, the key is readable by others, or the
+            certificate there does not parse.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    d = Path(directory)
+    cert_path, key_path = d / SELF_SIGNED_CERT, d / SELF_SIGNED_KEY
+    try:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(d, 0o700)
+        if cert_path.exists() and key_path.exists():
+            _check_key_mode(key_path)
+            pem = cert_path.read_bytes()
+            try:
+                cert = x509.load_pem_x509_certificate(pem)
+            except ValueError as exc:
+                raise DispatchError(f'certificate {cert_path} does not parse: {exc}; '
+                                    'remove it to make a new one') from exc
+            if cert.not_valid_after_utc.timestamp() - now > RENEW_BEFORE_S:
+                return TlsIdentity(cert_path, key_path, cert_fingerprint(pem))
+        key = ec.generate_private_key(ec.SECP256R1())
+        sans: list[x509.GeneralName] = []
+        for h in dict.fromkeys(hosts):
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+            except ValueError:
+                sans.append(x509.DNSName(h))
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'bodycam CAD intake')])
+        t0 = _dt.datetime.fromtimestamp(now, _dt.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(t0 - _dt.timedelta(minutes=5))
+                .not_valid_after(t0 + _dt.timedelta(days=SELF_SIGNED_DAYS))
+                .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]),
+                               critical=False)
+                .sign(key, hashes.SHA256()))
+        pem = cert.public_bytes(serialization.Encoding.PEM)
+        # Key first: a reader that sees the new certificate always finds its key.
+        write_atomic(key_path, key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()), mode=0o600)
+        write_atomic(cert_path, pem, mode=0o644)
+    except OSError as exc:
+        raise DispatchError(f'TLS directory {d}: {exc}') from exc
+    return TlsIdentity(cert_path, key_path, cert_fingerprint(pem), created=True)
 
 
 class _CadHandler(BaseHTTPRequestHandler):
@@ -201,14 +330,24 @@ class _CadServer(ThreadingHTTPServer):
 
 
 class CadIntake:
-    """HTTP endpoint for CAD assignments (``POST``/``DELETE``/``GET /dispatch``, bearer token).
+    """HTTPS endpoint for CAD assignments (``POST``/``DELETE``/``GET /dispatch``, bearer token).
 
-    ``on_assignment`` runs on the request's thread; keep it short (publish and return).
+    ``tls`` is the server context (:func:`server_tls_context`); without one the intake
+    refuses to start unless ``allow_insecure_http``: the bearer token and the officer's
+    destination would cross the network in clear. ``on_assignment`` runs on the request's
+    thread; keep it short (publish and return).
     """
 
     def __init__(self, auth: TokenAuth, on_assignment: Callable[[Assignment], None], *,
-                 bind: str = '127.0.0.1', port: int = 8081,
+                 bind: str = '127.0.0.1', port: int = 8081, tls: ssl.SSLContext | None = None,
+                 allow_insecure_http: bool = False,
                  log: Callable[[str], None] = lambda _l: None) -> None:
+        if tls is None and not allow_insecure_http:
+            raise DispatchError('the CAD intake serves HTTPS: give it a TLS certificate, or '
+                                'set allow_insecure_http for plain http')
+        if tls is not None and tls.minimum_version < ssl.TLSVersion.TLSv1_2:
+            raise DispatchError(f'TLS minimum version {tls.minimum_version.name}: '
+                                'TLS 1.2 or later only')
         self.auth, self._on, self.log = auth, on_assignment, log
         self.current: Assignment | None = None
         self.accepted = self.rejected = 0
@@ -217,6 +356,12 @@ class CadIntake:
             self._httpd = _CadServer((bind, port), self)
         except OSError as exc:
             raise DispatchError(f'cannot listen on {bind}:{port}: {exc.strerror}') from exc
+        self.scheme = 'https' if tls is not None else 'http'
+        if tls is not None:
+            # Handshake on the request's own thread (first read), never in the accept loop:
+            # a client that connects and stays silent cannot stall other CAD requests.
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True,
+                                                 do_handshake_on_connect=False)
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever,
                                         kwargs={'poll_interval': 0.2}, daemon=True,

@@ -345,26 +345,44 @@ class Transport(Protocol):
 
 
 class WebhookTransport:
-    """POSTs events as JSON to an HTTP(S) URL.
+    """POSTs events as JSON to an HTTPS URL.
+
+    The server's certificate is always verified, with its host name: against the system CAs,
+    or only against ``ca_file`` (PEM) when one is given. ``http://`` is refused unless
+    ``allow_insecure_http`` (tests, a loopback receiver): an officer-down alert carries the
+    officer's position and the bearer token.
 
     Success is any 2xx, or 409 (the receiver already has this idempotency key). A 4xx not
     in :data:`RETRY_4XX` raises :class:`RejectedError` with the reply (the receiver refuses
-    this event). Everything else (connection refused, timeout, 5xx, 3xx, auth/URL 4xx) is
-    retried: an officer-down alert must not be dropped because dispatch is misconfigured
-    for a while.
+    this event). Everything else (connection refused, timeout, a certificate that does not
+    verify, 5xx, 3xx, auth/URL 4xx) is retried: an officer-down alert must not be dropped
+    because dispatch is misconfigured for a while.
     """
 
     def __init__(self, url: str, *, token: str = '', timeout_s: float = 5.0,
-                 ca_file: str = '', user_agent: str = 'bodycam-dispatch-bridge/1') -> None:
+                 ca_file: str = '', allow_insecure_http: bool = False,
+                 user_agent: str = 'bodycam-dispatch-bridge/1') -> None:
         parts = urlsplit(url)
         if parts.scheme not in ('http', 'https') or not parts.hostname:
-            raise ValueError(f'webhook URL must be http(s)://host/path, got {url!r}')
+            raise ValueError(f'webhook URL must be https://host/path, got {url!r}')
+        if parts.scheme == 'http' and not allow_insecure_http:
+            raise ValueError(f'webhook URL {url!r} is plain http: use https, or set '
+                             'allow_insecure_http')
         self.name = f'webhook {parts.scheme}://{parts.hostname}:{parts.port or ""}{parts.path}'
         self._parts, self._token, self._timeout = parts, token, timeout_s
         self._ua = user_agent
         self._ctx = None
         if parts.scheme == 'https':
-            self._ctx = ssl.create_default_context(cafile=ca_file or None)
+            try:
+                ctx = ssl.create_default_context(cafile=ca_file or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f'webhook CA file {ca_file!r}: {exc}') from exc
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+            # create_default_context already sets both; stated so no edit can drop them.
+            ctx.verify_mode, ctx.check_hostname = ssl.CERT_REQUIRED, True
+            self._ctx = ctx
+        elif ca_file:
+            raise ValueError(f'a webhook CA file ({ca_file}) was given for a plain http URL')
 
     def send(self, ev: Event) -> None:
         p = self._parts

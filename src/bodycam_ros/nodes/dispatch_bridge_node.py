@@ -4,8 +4,10 @@ In: ``dispatch/destination`` (sensor_msgs/NavSatFix, LATCHED_QOS: a late joiner 
 current dispatch; status NO_FIX = no dispatch / dispatch cleared) from ``source``:
 
 * ``sim``: the shared scenario's ``dispatch_at(t)`` (``scenario``, ``scenario_start``).
-* ``http``: CAD POSTs assignments to an authenticated endpoint (``cad_bind:cad_port``,
-  ``POST``/``DELETE /dispatch`` with a bearer token; :class:`core.dispatch.CadIntake`).
+* ``http``: CAD POSTs assignments to an authenticated HTTPS endpoint (``cad_bind:cad_port``,
+  ``POST``/``DELETE /dispatch`` with a bearer token; :class:`core.dispatch.CadIntake`). The
+  certificate is ``tls_cert_file``/``tls_key_file``, else a self-signed one kept in
+  ``tls_dir`` whose SHA-256 fingerprint is logged for the CAD client to pin.
 * ``none``: publishes nothing (a unit without a dispatch link).
 
 Out: officer-down alerts, and by ``forward_events`` weapon-drawn and incident started/sealed,
@@ -15,11 +17,17 @@ Units: this unit's own officer-down alert is republished on the shared absolute 
 ``/bodycam/peer_alerts``; another unit's alert there becomes ``bodycam/peer_alert`` here with
 the distance to it, and a ``recorder/command`` start (reason ``peer_alert``) when within
 ``peer_trigger_radius_m``.
+
+Secrets (the CAD and webhook bearer tokens, the TLS key) are never parameter values: they come
+from 0600 files or the environment, and a parameter only names the file, so ``ros2 param get``
+on the DDS domain reveals none. A secret-looking parameter (``cad_token``) is refused.
+``http://`` is refused for the webhook and the intake unless ``allow_insecure_http``.
 """
 from __future__ import annotations
 
 import os
 import socket
+import ssl
 import sys
 import time
 import uuid
@@ -32,20 +40,23 @@ from sensor_msgs.msg import NavSatFix, NavSatStatus
 
 from bodycam_ros.core import scenario as scen
 from bodycam_ros.core.dispatch import (EVENT_KINDS, Assignment, CadIntake, DispatchError,
-                                       EventPolicy, PeerAlert, PeerAlerts, PeerDecision)
+                                       EventPolicy, PeerAlert, PeerAlerts, PeerDecision,
+                                       ensure_self_signed, server_tls_context)
 from bodycam_ros.core.messages import (PEER_ALERT_NAME, AlertState, CommandKind, DownAlert,
                                        MessageError, Reason, RecorderCommand, decode_alert,
                                        decode_recorder, decode_trigger, encode_alert,
                                        encode_command)
 from bodycam_ros.core.outbox import (Backoff, Courier, Event, Outbox, OutboxError,
                                      WebhookTransport)
-from bodycam_ros.core.tokens import TokenAuth, TokenError, load_token
+from bodycam_ros.core.tokens import TokenAuth, TokenError, default_token_path, load_token
 from bodycam_ros.rosutil import (ERROR, LATCHED_QOS, OK, RELIABLE_QOS, SENSOR_QOS, WARN,
                                  Diagnostics, ParameterError, declare, run_node)
 from bodycam_ros.wire import from_status, to_status
 
 PEER_TOPIC = '/bodycam/peer_alerts'
 SOURCES = ('sim', 'http', 'none')
+#: A parameter whose name has one of these and does not end in _file would hold a secret.
+SECRET_WORDS = ('token', 'secret', 'password', 'passphrase', 'credential', 'api_key')
 
 
 def _coord(v: object) -> float | None:
@@ -55,6 +66,7 @@ def _coord(v: object) -> float | None:
 class DispatchBridgeNode(Node):
     def __init__(self, **kw) -> None:
         super().__init__('dispatch_bridge', **kw)
+        self._refuse_secret_parameters()
         ns = self.get_namespace().strip('/')
         self._source = declare(self, 'source', 'none', 'where dispatches come from: sim '
                                '(scenario), http (CAD POSTs) or none', choices=SOURCES)
@@ -73,7 +85,16 @@ class DispatchBridgeNode(Node):
         webhook_token_file = declare(self, 'webhook_token_file', '',
                                      'bearer token for the webhook (else '
                                      '$BODYCAM_DISPATCH_TOKEN, else none)')
-        webhook_ca = declare(self, 'webhook_ca_file', '', 'CA bundle for the webhook (PEM)')
+        webhook_ca = declare(self, 'webhook_ca_file', '', 'CA bundle that verifies the '
+                             'webhook server (PEM; "" = the system CAs)')
+        allow_http = declare(self, 'allow_insecure_http', False,
+                             'accept an http:// webhook and serve the CAD intake without TLS '
+                             '(tests and loopback only)')
+        tls_cert = declare(self, 'tls_cert_file', '', 'CAD intake certificate chain (PEM); '
+                           '"" with tls_key_file "" = a self-signed one in tls_dir')
+        tls_key = declare(self, 'tls_key_file', '', 'private key of tls_cert_file (PEM, 0600)')
+        tls_dir = declare(self, 'tls_dir', '', 'where the self-signed CAD certificate is kept '
+                          '("" = <ROS_HOME>/bodycam/cad_tls)')
         timeout_s = declare(self, 'webhook_timeout_s', 5.0, 'per-attempt timeout [s]',
                             min_value=0.1, max_value=120.0)
         retry_base = declare(self, 'retry_base_s', 0.25, 'first retry delay [s]',
@@ -113,12 +134,17 @@ class DispatchBridgeNode(Node):
                 token = load_token(webhook_token_file, env_var='BODYCAM_DISPATCH_TOKEN',
                                    create=False, default_name='dispatch_token') \
                     if webhook_token_file or os.environ.get('BODYCAM_DISPATCH_TOKEN') else ''
-                transport = WebhookTransport(webhook, token=token, timeout_s=timeout_s,
-                                             ca_file=webhook_ca)
-                backoff = Backoff(retry_base, max(retry_base, retry_max))
-            except (ValueError, TokenError) as exc:
-                raise ParameterError(f'parameter dispatch_bridge.dispatch_webhook: {exc}') \
+            except TokenError as exc:
+                raise ParameterError(f'parameter dispatch_bridge.webhook_token_file: {exc}') \
                     from exc
+            try:
+                transport = WebhookTransport(webhook, token=token, timeout_s=timeout_s,
+                                             ca_file=webhook_ca, allow_insecure_http=allow_http)
+                backoff = Backoff(retry_base, max(retry_base, retry_max))
+            except ValueError as exc:
+                raise ParameterError(
+                    f'parameters dispatch_bridge.dispatch_webhook/webhook_ca_file/'
+                    f'allow_insecure_http: {exc}') from exc
             self._courier = Courier(self._outbox, transport, backoff, self._on_delivered,
                                     self._on_rejected)
             self._courier.start()
@@ -129,16 +155,30 @@ class DispatchBridgeNode(Node):
         self._cad: CadIntake | None = None
         self._current: tuple[float, float] | None = None
         self._published = 0
+        self._cad_pin = ''
         if self._source == 'http':
             try:
                 auth = TokenAuth(load_token(cad_token_file, env_var='BODYCAM_CAD_TOKEN',
                                             default_name='cad_token'))
+            except TokenError as exc:
+                raise ParameterError(f'parameter dispatch_bridge.cad_token_file: {exc}') from exc
+            tls = self._cad_tls(tls_cert, tls_key, tls_dir, cad_bind, allow_http)
+            try:
                 self._cad = CadIntake(auth, self._on_assignment, bind=cad_bind, port=cad_port,
+                                      tls=tls, allow_insecure_http=allow_http,
                                       log=self.get_logger().debug)
-            except (TokenError, DispatchError) as exc:
-                raise ParameterError(f'parameters dispatch_bridge.cad_*: {exc}') from exc
+            except DispatchError as exc:
+                raise ParameterError(f'parameters dispatch_bridge.cad_bind/cad_port: {exc}') \
+                    from exc
             self._cad.start()
-            self.get_logger().info(f'CAD intake on http://{cad_bind}:{self._cad.port}/dispatch')
+            self.get_logger().info(f'CAD intake on {self._cad.scheme}://{cad_bind}:'
+                                   f'{self._cad.port}/dispatch'
+                                   + (f' (certificate SHA-256 {self._cad_pin})'
+                                      if self._cad_pin else ''))
+            if tls is None:
+                self.get_logger().warning('CAD intake serves plain http '
+                                          '(allow_insecure_http): the bearer token and '
+                                          'destinations cross the network in clear')
         try:
             self._scenario = scen.get(name or 'idle')
         except ValueError as exc:
@@ -164,6 +204,46 @@ class DispatchBridgeNode(Node):
         self._last_error = ''
         self.diag = Diagnostics(self, hardware_id=f'dispatch:{self._source}')
         self.create_timer(1.0, self._report)
+
+    # ------------------------------------------------------------------ secrets, TLS
+    def _refuse_secret_parameters(self) -> None:
+        """Exit 2 on a secret given as a parameter value (YAML or ``-p``), declared or not:
+        anyone on the DDS domain can read parameters, and YAML files get copied around."""
+        for name in self._parameter_overrides:   # every value given to this node
+            low = name.lower()
+            if any(w in low for w in SECRET_WORDS) and not low.endswith('_file'):
+                raise ParameterError(
+                    f'parameter {self.get_name()}.{name}: secrets are never parameters; put '
+                    'it in a file only its owner can read (chmod 600) and give its path in '
+                    'the *_file parameter (cad_token_file, webhook_token_file), or use the '
+                    'environment')
+
+    def _cad_tls(self, cert: str, key: str, tls_dir: str, bind: str,
+                 allow_http: bool) -> ssl.SSLContext | None:
+        """The intake's TLS context: the given pair, else a self-signed one (pin logged);
+        None only for plain http by request."""
+        if bool(cert) != bool(key):
+            raise ParameterError('parameters dispatch_bridge.tls_cert_file and tls_key_file '
+                                 'must be given together')
+        try:
+            if cert:
+                return server_tls_context(cert, key)
+            if allow_http:
+                return None
+            d = Path(tls_dir) if tls_dir else default_token_path().with_name('cad_tls')
+            hosts = ['localhost', '127.0.0.1', '::1', socket.gethostname()]
+            if bind not in ('', '0.0.0.0', '::'):
+                hosts.insert(0, bind)
+            ident = ensure_self_signed(d, hosts, time.time())
+            self._cad_pin = ident.sha256
+            self.get_logger().info(
+                f'CAD intake: {"new " if ident.created else ""}self-signed certificate '
+                f'{ident.cert_file}, SHA-256 fingerprint {ident.sha256} (pin it in the CAD '
+                'client, or set tls_cert_file/tls_key_file)')
+            return server_tls_context(ident.cert_file, ident.key_file)
+        except DispatchError as exc:
+            raise ParameterError(f'parameters dispatch_bridge.tls_cert_file/tls_key_file/'
+                                 f'tls_dir: {exc}') from exc
 
     # ------------------------------------------------------------------ dispatch in
     def _publish_destination(self, dest: tuple[float, float] | None) -> None:
@@ -316,8 +396,10 @@ class DispatchBridgeNode(Node):
                       published=self._published, bad_inputs=self._bad,
                       destination=f'{dest[0]:.6f}, {dest[1]:.6f}' if dest else '')
         if self._cad is not None:
-            values.update(cad_port=self._cad.port, cad_accepted=self._cad.accepted,
-                          cad_rejected=self._cad.rejected)
+            values.update(cad_port=self._cad.port, cad_scheme=self._cad.scheme,
+                          cad_accepted=self._cad.accepted, cad_rejected=self._cad.rejected)
+            if self._cad_pin:
+                values['cad_cert_sha256'] = self._cad_pin
         if self._latency:
             values['last_alert_latency_s'] = round(self._latency[-1], 3)
         if self._courier is None:
