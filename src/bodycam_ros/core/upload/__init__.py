@@ -72,6 +72,7 @@ __all__ = [
     'S3Backend', 'SpoolError', 'SpoolScan', 'ThrottledReader', 'TransientError',
     'UploadConfig', 'UploadError', 'UploadEvent', 'UploadGone', 'UploadState', 'UploadStatus',
     'Uploader', 'VerifyError', 'atomic_write_json', 'check_remote_copy', 'composite_etag',
-    'create_uploader', 'digest_file', 'fingerprint', 'is_verified', 'make_proxy', 'open_backend', 'parse_bucket_url',
+    'create_uploader', 'digest_file', 'fingerprint', 'is_verified', 'make_proxy',
+    'open_backend', 'parse_bucket_url',
     'proxy_default', 'read_incident', 'read_record', 'scan_spool', 'verify_remote',
 ]

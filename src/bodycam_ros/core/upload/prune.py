@@ -177,6 +177,10 @@ class Pruner:
         cfg = self.config
         if not cfg.enabled:
             return result
+        if cfg.keep_local_s < 0:            # space only: read nothing while there is room
+            result.free_bytes = self.free_bytes()
+            if result.free_bytes >= cfg.min_free_bytes:
+                return result
         cands = []
         for name, path, record in self._candidates():
             try:
