@@ -25,6 +25,8 @@ from bodycam_ros.core.ring import SensorRecord
 MAGIC = b'BCSJ1\n'
 _HEAD = struct.Struct('<II')      # payload length, crc32(payload)
 _FIXED = struct.Struct('<dHH')    # t, len(topic), len(msgtype)
+#: The smallest record: header and fixed fields (a pad record with no data).
+PAD_MIN = _HEAD.size + _FIXED.size
 NAVSATFIX = 'sensor_msgs/msg/NavSatFix'
 EARTH_RADIUS_M = 6_371_008.8
 
@@ -56,6 +58,16 @@ class JournalWriter:
         self._sink.write(encode(rec))
         self.messages += 1
 
+    def pad(self, size: int) -> None:
+        """One filler record of exactly ``size`` bytes (>= PAD_MIN), skipped by readers.
+
+        An age writer keeps its last 64 KiB chunk in RAM until more bytes follow; padding the
+        journal one byte past a chunk boundary at each sync puts every real record on disk.
+        """
+        if size < PAD_MIN:
+            raise SidecarError(f'pad record of {size} bytes < {PAD_MIN}')
+        self._sink.write(encode(SensorRecord(0.0, '', '', bytes(size - PAD_MIN))))
+
 
 @dataclass
 class JournalRead:
@@ -81,7 +93,8 @@ def read_journal(path: Path) -> JournalRead:
         o = _FIXED.size
         topic = body[o:o + lt].decode()
         msgtype = body[o + lt:o + lt + lm].decode()
-        out.append(SensorRecord(t, topic, msgtype, bytes(body[o + lt + lm:])))
+        if topic or msgtype:                   # '' / '': a pad record (JournalWriter.pad)
+            out.append(SensorRecord(t, topic, msgtype, bytes(body[o + lt + lm:])))
         pos += _HEAD.size + length
     return JournalRead(out, len(buf) - pos)
 

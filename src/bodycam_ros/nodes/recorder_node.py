@@ -317,6 +317,8 @@ class RecorderNode(Node):
         st = st or self._recorder.status()
         self._last_state = st.state
         level, problem = self._health(st)
+        if not self._p['encrypt'] and level <= WARN:     # said whatever else is wrong
+            level, problem = WARN, '; '.join(filter(None, (PLAINTEXT_WARNING, problem)))
         video_age = (self._now() - self._last_video) if self._last_video else -1.0
         values = dict(
             state=st.state.value, buffered_s=st.buffered_s, buffered_bytes=st.buffered_bytes,
@@ -355,8 +357,6 @@ class RecorderNode(Node):
             return WARN, 'max_buffer_bytes limits the look-back below pre_event_s'
         if st.log_errors:
             return WARN, f'{st.log_errors} ledger/audit append(s) failed; see the log'
-        if not self._p['encrypt']:
-            return WARN, PLAINTEXT_WARNING
         return OK, ''
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ the wheels' Fast DDS has no DDS Security plugins to stop them.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import threading
 import time
@@ -150,6 +151,10 @@ class Recorder:
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         """Recover what a crash left behind, then start writing."""
+        for log in (self.ledger, self.audit):
+            if log is not None:         # the logs are evidence too: 0600 (signedlog makes 0644)
+                os.close(os.open(log.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+                os.chmod(log.path, 0o600)
         self._put('recover', None)
         self._started = True
         self._thread.start()

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bodycam_ros.core.encryption import AgeWriter
+from bodycam_ros.core.encryption import CHUNK, CHUNK_CT, NONCE, AgeWriter
 from bodycam_ros.core.fsio import fsync_dir
 from bodycam_ros.core.mp4 import Fmp4Writer, Mp4Error
 from bodycam_ros.core.ring import SensorRecord, VideoPacket
-from bodycam_ros.core.sidecar import JournalWriter, McapStream
+from bodycam_ros.core.sidecar import PAD_MIN, JournalWriter, McapStream
 from bodycam_ros.core.spool.durable import DurableFile
 from bodycam_ros.core.spool.layout import (DIR_MODE, EVENTS, JOURNAL, JOURNAL_AGE, SENSORS_AGE,
                                            VIDEO, VIDEO_AGE)
@@ -143,6 +143,7 @@ class IncidentWriter:
 
     def sync(self) -> None:
         t0 = time.perf_counter()
+        self._pad_journal()
         dirty = [s for s in self._streams() if s.file.dirty]
         for s in dirty:
             s.sync()
@@ -155,6 +156,21 @@ class IncidentWriter:
                 self.event({'type': 'synced', 'frames': self._mp4.frames,
                             'keyframes': self._mp4.keyframes, 'last_t': self._mp4.last_t})
         self._last_sync = time.monotonic()
+
+    def _pad_journal(self) -> None:
+        """Encrypted: push every journal record into a whole age chunk before the sync (the
+        pad is one byte past the boundary, so the chunk is known not to be the last)."""
+        age = self._journal_stream.age
+        if age is None:
+            return
+        emitted = (age.ciphertext_size - age.header_size - NONCE) // CHUNK_CT * CHUNK
+        pending = age.plaintext_size - emitted
+        if pending <= 1:
+            return
+        need = CHUNK - pending + 1
+        if need < PAD_MIN:
+            need += CHUNK
+        self._journal.pad(need)
 
     def close(self, end_reason: str) -> None:
         """Finish the MP4 (last fragment, trailer), the MCAP and the age files, and make
