@@ -40,10 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def embedded_trust(agency: Path, key_dir: Path, params: Path,
-                   evidence_dir: Path | None) -> dict[str, object]:
+                   evidence_dir: Path | None) -> tuple[dict[str, object], str]:
     """The embedded default: a file device key in ``key_dir`` and a demo agency in ``agency``
     (both created on first use, the unit registered), and the recipient file the recorder
-    encrypts to. Returns the recorder's overrides."""
+    encrypts to. Returns the recorder's overrides and a line to print ('' if none)."""
     import socket
 
     import yaml
@@ -59,16 +59,17 @@ def embedded_trust(agency: Path, key_dir: Path, params: Path,
         keys.FileSigner.create(key_dir, device_id, keys.passphrase_from_env(),
                                evidence_dir or Path('var/evidence'))
     public = bytes.fromhex(keys.read_device_info(key_dir)['public_key'])
+    note = ''
     if trust.ensure_demo_agency(agency, public, device_id):
-        print(f'bodycam: created a DEMO agency in {agency} (unit {device_id} registered); its '
-              'private keys belong off the unit: use `bodycam agency init` on an agency '
-              'machine for real evidence', flush=True)
+        note = (f'bodycam: created a DEMO agency in {agency} (unit {device_id} registered); '
+                'its private keys belong off the unit: use `bodycam agency init` on an agency '
+                'machine for real evidence')
     recipient_file = key_dir / 'agency_recipient.txt'
     text = encode_recipient(trust.load_encryption_public(agency)) + '\n'
     if not recipient_file.exists() or recipient_file.read_text() != text:
         from bodycam_ros.core.fsio import write_atomic
         write_atomic(recipient_file, text.encode(), mode=0o600)
-    return {'key_dir': str(key_dir), 'agency_recipient_file': str(recipient_file)}
+    return {'key_dir': str(key_dir), 'agency_recipient_file': str(recipient_file)}, note
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -115,8 +116,9 @@ def main(args: argparse.Namespace) -> int:
 
     if 'recorder' in names:
         try:
-            overrides.update(embedded_trust(args.agency, args.key_dir, params,
-                                            args.evidence_dir))
+            trust_overrides, trust_note = embedded_trust(args.agency, args.key_dir, params,
+                                                         args.evidence_dir)
+            overrides.update(trust_overrides)
         except (OSError, ValueError, RuntimeError) as exc:
             print(f'error: --agency {args.agency} / --key-dir {args.key_dir}: {exc}',
                   file=sys.stderr)
@@ -130,6 +132,8 @@ def main(args: argparse.Namespace) -> int:
     children = [bringup.Child(n, bringup.node_argv(n, files, args.namespace)) for n in names]
     sup = bringup.Supervisor(children, log_dir=log_dir)
     print(f'bodycam: starting {", ".join(names)} (config {params}, logs {log_dir})', flush=True)
+    if 'recorder' in names and trust_note:
+        print(trust_note, flush=True)
     if 'live_view' in names:
         # Same token source as the node, so the printed URL works.
         from bodycam_ros.core.tokens import TokenError, live_view_url_from_config
