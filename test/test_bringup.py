@@ -13,6 +13,7 @@ import pytest
 
 from bodycam_ros import bringup
 from conftest import spin_until
+from spoolutil import recorder_params
 
 STATUS = re.compile(r'camera/h264 (?P<cam>[\d.]+) Hz \| imu/data (?P<imu>[\d.]+) Hz \| '
                     r'gps/fix (?P<gps>[\d.]+) Hz \| holster (?P<holster>\S+)')
@@ -26,6 +27,7 @@ def test_run_brings_up_every_node_at_its_rate(start_process, tmp_path: Path):
     run = start_process('bodycam_ros.cli', 'run', '--duration', '25',
                         '--evidence-dir', str(tmp_path / 'evidence'),
                         '--bucket', f'file://{tmp_path / "bucket"}',
+                        '--key-dir', str(tmp_path / 'keys'), '--agency', str(tmp_path / 'agency'),
                         '--log-dir', str(tmp_path / 'logs'))
     assert run.proc.wait(90) == 0, run.output()
     out = run.output()
@@ -40,9 +42,12 @@ def test_run_brings_up_every_node_at_its_rate(start_process, tmp_path: Path):
         assert 0.8 <= float(r['gps']) <= 1.2, r         # 1 Hz receiver
         assert r['holster'] in ('holstered', 'DRAWN'), r
     assert 'unclean exits' not in out
-    # --evidence-dir reached the recorder (it wins over the config file): the device key
-    # is made on its first start.
-    assert (tmp_path / 'evidence' / 'keys' / 'device_ed25519.pub').is_file()
+    # The embedded default: a device key outside the evidence and a demo agency, made on
+    # first use; --evidence-dir reached the recorder (it wins over the config file).
+    assert (tmp_path / 'keys' / 'device_ed25519.pub').is_file()
+    assert not (tmp_path / 'evidence' / 'keys').exists()
+    assert (tmp_path / 'agency' / 'agency.json').is_file() and 'DEMO agency' in out
+    assert (tmp_path / 'evidence' / 'ledger.jsonl').is_file()
     logs = list((tmp_path / 'logs').glob('*.log'))
     assert {p.stem for p in logs} == set(bringup.NODES)
 
@@ -159,7 +164,7 @@ def test_second_signal_during_shutdown_still_seals_and_uploads(start_process, tm
     overrides = bringup.write_overrides(tmp_path / 'overrides.yaml', {
         'evidence_dir': str(evidence), 'bucket': f'file://{bucket}', 'min_free_bytes': 0,
         'width': 320, 'height': 240, 'bitrate': 300000, 'raw_rate': 0.0,
-        'status_period_s': 0.2})
+        'status_period_s': 0.2, **recorder_params(tmp_path)})
     names = ('camera', 'trigger_fusion', 'recorder', 'uploader')
     procs = {}
     for name in names:
@@ -169,8 +174,9 @@ def test_second_signal_during_shutdown_still_seals_and_uploads(start_process, tm
                            '--timeout', '60'], capture_output=True, text=True, timeout=90)
     assert trig.returncode == 0, trig.stdout + trig.stderr
     recording = evidence / 'recording'
-    assert _wait(lambda: any(recording.glob('*/video.mp4')), 30), procs['recorder'].output()
-    incident = next(recording.glob('*/video.mp4')).parent.name
+    assert _wait(lambda: any(recording.glob('*/video.mp4.age')), 30), \
+        procs['recorder'].output()
+    incident = next(recording.glob('*/video.mp4.age')).parent.name
     time.sleep(2.0)                                       # a few fragments into it
 
     for p in procs.values():

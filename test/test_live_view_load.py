@@ -15,6 +15,7 @@ from rclpy.node import Node
 from bodycam_ros.core.live.fmp4 import split_boxes
 from bodycam_ros.rosutil import RELIABLE_QOS, SENSOR_QOS
 from conftest import spin_until
+from spoolutil import recorder_ros_args
 
 TOKEN = 'load-test-token-0123456789'
 WINDOW_S = 6.0
@@ -83,7 +84,7 @@ def test_five_viewers_do_not_cost_the_camera_or_recorder_frames(ctx, executor, s
                   '-p', 'raw_rate:=2.0')
     start_process('bodycam_ros.nodes.recorder_node', '--ros-args', '-p',
                   f'evidence_dir:={tmp_path / "evidence"}', '-p', 'pre_event_s:=2.0',
-                  '-p', 'post_event_s:=2.0')
+                  '-p', 'post_event_s:=2.0', *recorder_ros_args(tmp_path))
     live = start_process('bodycam_ros.nodes.live_view_node', '--ros-args', '-p', 'port:=0',
                          '-p', f'token_file:={token_file}', '-p', 'max_queue_s:=1.0')
     node = Node('probe', context=ctx)

@@ -240,10 +240,11 @@ def test_recorder_refuses_bad_commands_and_takes_an_encoded_one(ctx, executor, t
     from bodycam_ros.rosutil import RELIABLE_QOS, SENSOR_QOS
     from bodycam_ros.wire import from_status, to_status
     from conftest import spin_for, spin_until
+    from spoolutil import recorder_params
 
     rec = RecorderNode(context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in {
         'evidence_dir': str(tmp_path / 'ev'), 'pre_event_s': 2.0, 'post_event_s': 0.0,
-        'min_free_bytes': 0, 'status_period_s': 0.2}.items()])
+        'min_free_bytes': 0, 'status_period_s': 0.2, **recorder_params(tmp_path)}.items()])
     probe = Node('probe', context=ctx)
     executor.add_node(rec)
     executor.add_node(probe)

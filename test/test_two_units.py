@@ -12,6 +12,7 @@ from sensor_msgs.msg import NavSatFix, NavSatStatus
 from bodycam_ros.core.scenario import offset
 from bodycam_ros.rosutil import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
 from conftest import spin_for, spin_until
+from spoolutil import recorder_ros_args
 
 A_POS = (38.5816, -121.4944)
 B_POS = offset(*A_POS, 300.0, 400.0)    # 500 m from unit_a
@@ -31,7 +32,8 @@ def test_unit_b_gets_unit_a_officer_down_and_starts_recording(ctx, executor, sta
     recorder_b = start_process('bodycam_ros.nodes.recorder_node', '--ros-args',
                                '-r', '__ns:=/unit_b',
                                '-p', f'evidence_dir:={tmp_path / "unit_b" / "evidence"}',
-                               '-p', 'pre_event_s:=2.0', '-p', 'post_event_s:=2.0')
+                               '-p', 'pre_event_s:=2.0', '-p', 'post_event_s:=2.0',
+                               *recorder_ros_args(tmp_path / 'unit_b'))
     probe = Node('probe', context=ctx)
     executor.add_node(probe)
     fixes = {u: probe.create_publisher(NavSatFix, f'/{u}/gps/fix', SENSOR_QOS)
