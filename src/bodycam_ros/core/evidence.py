@@ -39,10 +39,14 @@ Top-level keys (all always present)::
     frame_count           int, or null when unknown (an encrypted clip left by a crash)
     video                 {"present": bool, "frame_count", "keyframes", "width", "height",
                           "first_stamp", "last_stamp", "codec": "h264",
-                          "container": "fragmented mp4"}; unknown values are null
+                          "container": "fragmented mp4"}; unknown values are null; an
+                          encrypted crash-left clip adds "frames_synced" (frames muxed at the
+                          last sync; last_stamp is that frame's stamp)
     sensors               {"messages": {topic: count}, "skipped_types": {msgtype: count},
-                          "first_stamp", "last_stamp"}
-    gps_track             {"fixes", "no_fix", "first", "last", "bbox", "distance_m"}
+                          "first_stamp", "last_stamp"} ({} / null when unknown: an encrypted
+                          crash-left journal)
+    gps_track             {"fixes", "no_fix", "first", "last", "bbox", "distance_m"};
+                          {"fixes": null} when unknown
     recovered             bool: sealed after a crash (or after the muxer failed at close)
     recovery              null, or what recovery found (free-form details)
     files                 {name on disk: entry} for EVERY file in the incident directory
