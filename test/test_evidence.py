@@ -144,20 +144,22 @@ def test_verify_cli_reports_json_and_exit_codes(evidence_root: Path):
     target = incidents(evidence_root)[1] / 'video.mp4'
 
     def verify(path: Path) -> tuple[int, dict | None, str]:
-        res = subprocess.run([sys.executable, '-m', 'bodycam_ros.cli', 'verify', str(path)],
-                             capture_output=True, text=True, cwd=ROOT, timeout=60)
+        res = subprocess.run([sys.executable, '-m', 'bodycam_ros.cli', 'verify', '--json',
+                              str(path)], capture_output=True, text=True, cwd=ROOT, timeout=60)
         return res.returncode, json.loads(res.stdout) if res.stdout else None, res.stderr
 
-    code, out, _ = verify(evidence_root / 'spool')
-    assert code == 0 and out['ok'] and len(out['incidents']) == 3 and out['key']['trusted']
+    # No --trust: integrity holds, but nothing vouches for the signer (test_verify_trust.py).
+    code, out, err = verify(evidence_root / 'spool')
+    assert code == 1 and out['integrity_ok'] and not out['trusted'] and out['incidents'] == 3
+    assert 'trust store is needed' in err
     code, out, _ = verify(incidents(evidence_root)[0])       # a single incident
-    assert code == 0 and out['ok']
+    assert code == 1 and out['integrity_ok'] and out['incidents'] == 1
     data = bytearray(target.read_bytes())
     data[100] ^= 0xFF
     target.write_bytes(bytes(data))
     (incidents(evidence_root)[2] / 'notes.txt').write_text('slipped in')
     code, out, err = verify(evidence_root)
-    assert code == 1 and not out['ok']
+    assert code == 1 and not out['ok'] and not out['integrity_ok']
     assert out['bad_files'] == sorted([str(target),
                                        str(incidents(evidence_root)[2] / 'notes.txt')])
     assert f'BAD {target}' in err

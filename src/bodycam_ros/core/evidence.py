@@ -109,6 +109,9 @@ FORMAT_V1 = 'bodycam-incident/1'
 AGE_SUFFIX = '.age'
 SCHEME_AGE = 'age-v1'
 SCHEME_NONE = 'none'
+#: A directory holding any of these is an incident (a missing manifest is then an error).
+INCIDENT_MARKS = (MANIFEST, SIGNATURE, 'video.mp4', 'sensors.mcap', 'video.mp4.age',
+                  'sensors.mcap.age', 'sensors.journal.age')
 #: Files an incident may hold besides those its manifest lists.
 UNLISTED_OK = frozenset({MANIFEST, SIGNATURE, UPLOAD_MARK})
 
@@ -273,6 +276,9 @@ class IncidentCheck:
     prev_incident_id: str | None = None
     recovered: bool | None = None
     signature_valid: bool = False
+    #: With a trust store: the signer is registered, active and bound to this device.
+    trusted: bool | None = None
+    signer_device: str | None = None
     errors: list[str] = field(default_factory=list)
     bad_files: list[Path] = field(default_factory=list)
 
@@ -290,15 +296,20 @@ class IncidentCheck:
         return {'incident_id': self.incident_id, 'path': str(self.path), 'ok': self.ok,
                 'sequence': self.sequence, 'recovered': self.recovered,
                 'manifest_sha256': self.manifest_sha256,
-                'signature_valid': self.signature_valid, 'errors': self.errors,
+                'signature_valid': self.signature_valid, 'trusted': self.trusted,
+                'signer_device': self.signer_device, 'errors': self.errors,
                 'bad_files': [str(p) for p in self.bad_files]}
 
 
-def check_incident(directory: Path, public_raw: bytes | None) -> IncidentCheck:
-    """Check one sealed incident: manifest parses, signature holds, every file matches.
+def check_incident(directory: Path, public_raw: bytes | None, *,
+                   trust: Any = None) -> IncidentCheck:
+    """Check one sealed incident: manifest parses, signature holds, every file matches, and
+    every age file's structure agrees with its entry (chunks, torn bytes, complete).
 
-    ``public_raw`` is the trusted device key; None falls back to the key in the manifest
-    (which proves integrity since sealing, not origin).
+    ``trust`` (a ``core.trust.TrustStore``) decides who may sign: the key the manifest names
+    must be registered, active and bound to the manifest's device, and only that registered
+    key checks the signature. Without it, ``public_raw`` is the pinned device key; None falls
+    back to the key in the manifest (which proves integrity since sealing, not origin).
     """
     chk = IncidentCheck(directory, incident_id=directory.name)
     mpath, spath = directory / MANIFEST, directory / SIGNATURE
@@ -329,10 +340,18 @@ def check_incident(directory: Path, public_raw: bytes | None) -> IncidentCheck:
             key = base64.b64decode(str(manifest.get('device_public_key', '')), validate=True)
         except ValueError:
             key = None
+    if trust is not None:
+        key, chk.signer_device, why = _trusted_key(trust, manifest, key)
+        chk.trusted = why is None
+        if why is not None:
+            chk.errors.append(f'signer: {why}')
+            if directory / MANIFEST not in chk.bad_files:
+                chk.bad_files.append(directory / MANIFEST)
     if not spath.is_file():
         chk.bad(SIGNATURE, 'missing')
     elif key is None or len(key) != 32:
-        chk.bad(MANIFEST, 'no usable public key to check the signature with')
+        if trust is None:
+            chk.bad(MANIFEST, 'no usable public key to check the signature with')
     else:
         sig = spath.read_bytes()
         chk.signature_valid = len(sig) == 64 and signature_ok(key, sig, data)
@@ -345,7 +364,7 @@ def check_incident(directory: Path, public_raw: bytes | None) -> IncidentCheck:
                     chk.bad_files.append(directory / name)
     if manifest is None:
         return chk
-    if public_raw is not None and manifest.get('device_public_key') not in (
+    if trust is None and public_raw is not None and manifest.get('device_public_key') not in (
             None, base64.b64encode(public_raw).decode('ascii')):
         chk.bad(MANIFEST, 'names a different device key than the trusted one')
     if chk.incident_id != directory.name:
@@ -367,12 +386,76 @@ def check_incident(directory: Path, public_raw: bytes | None) -> IncidentCheck:
             chk.bad(name, f'size {size} != {entry.get("size")} in the manifest')
         elif digest != entry.get('sha256'):
             chk.bad(name, 'SHA-256 does not match the manifest')
+        elif name.endswith(AGE_SUFFIX) or 'chunks' in entry:
+            why = age_structure_problem(path, entry)
+            if why:
+                chk.bad(name, why)
     for path in sorted(directory.iterdir()):
         if path.name.startswith(f'.{UPLOAD_MARK}.'):
             continue     # the uploader's temp file while it writes upload.json atomically
         if path.name not in files and path.name not in UNLISTED_OK:
             chk.bad(path.name, 'not listed in the manifest')
     return chk
+
+
+def _trusted_key(trust: Any, manifest: dict[str, Any] | None,
+                 named: bytes | None) -> tuple[bytes | None, str | None, str | None]:
+    """(registered key to check the signature with, its device, why it is not trusted).
+
+    The manifest's ``device_public_key`` only says which registry entry to look up; the
+    bytes checked against are the registry's.
+    """
+    if manifest is None:
+        return None, None, 'no manifest to name a signer'
+    if not named or len(named) != 32:
+        return None, None, 'the manifest names no device key (device_public_key)'
+    dev = trust.by_public_key(named)
+    short = sha256_bytes(named)[:16]
+    if dev is None:
+        return None, None, (f'key {short} is not registered in the trust store of agency '
+                            f'{trust.agency_fingerprint[:16]}')
+    if dev.device_id != manifest.get('device_id'):
+        return dev.public_key, dev.device_id, (
+            f'key {short} is registered to device {dev.device_id!r}, but the manifest says '
+            f'device {manifest.get("device_id")!r}')
+    if not dev.active:
+        return dev.public_key, dev.device_id, (
+            f'key {short} of device {dev.device_id!r} was revoked at {dev.revoked_at}')
+    return dev.public_key, dev.device_id, None
+
+
+def age_structure_problem(path: Path, entry: dict[str, Any]) -> str | None:
+    """Why an age file's layout (no key needed) disagrees with its manifest entry, or None.
+
+    A file sealed ``complete: true`` must end in a final chunk (at least a tag after its
+    whole chunks) and hold ``chunks`` chunks with no torn bytes; a crash-left one
+    (``complete: false``) must hold exactly ``chunks`` whole chunks and ``torn_bytes``.
+    """
+    from bodycam_ros.core import encryption
+    complete = entry.get('complete')
+    chunks, torn = entry.get('chunks'), entry.get('torn_bytes')
+    try:
+        lay = encryption.scan(path)
+    except (encryption.AgeError, OSError) as exc:
+        if complete is False and chunks == 0 and torn == path.stat().st_size:
+            return None                    # the header itself was cut by the crash
+        return f'not a readable age file ({exc})'
+    payload = lay.size - lay.header_size - encryption.NONCE
+    if complete is True:
+        if lay.tail_bytes < encryption.TAG:
+            return (f'sealed complete but scans as torn: {lay.tail_bytes} bytes after '
+                    f'{lay.full_chunks} whole chunks, less than a final chunk')
+        if chunks != lay.full_chunks + 1 or torn != 0:
+            return (f'the file holds {lay.full_chunks + 1} chunks (final included), the '
+                    f'manifest says chunks={chunks!r} torn_bytes={torn!r}')
+        return None
+    if complete is False:
+        whole, left = divmod(payload, encryption.CHUNK_CT)
+        if (chunks, torn) != (whole, left):
+            return (f'the file holds {whole} whole chunks and {left} torn bytes, the manifest '
+                    f'says chunks={chunks!r} torn_bytes={torn!r}')
+        return None
+    return f'complete is {complete!r}, not true or false'
 
 
 @dataclass
@@ -416,21 +499,29 @@ def find_layout(path: Path) -> tuple[list[Path], Path | None]:
     root = spool.parent if spool.name == 'spool' else None
     # Any directory holding an evidence file is an incident (a missing manifest is then an
     # error); directories with none of them (a bucket's other prefixes) are not.
-    marks = (MANIFEST, SIGNATURE, 'video.mp4', 'sensors.mcap', 'video.mp4.age',
-             'sensors.mcap.age')
+    marks = INCIDENT_MARKS
     dirs = sorted(p for p in spool.iterdir() if p.is_dir() and not p.name.startswith('.')
                   and any((p / m).exists() for m in marks))
     return dirs, root
 
 
-def verify_tree(path: Path, key_path: Path | None = None) -> Report:
-    """Check every incident under ``path`` and the hash chain between them."""
+def verify_tree(path: Path, key_path: Path | None = None, *, trust: Any = None) -> Report:
+    """Check every incident under ``path`` and the hash chain between them.
+
+    With ``trust`` (a ``core.trust.TrustStore``) signers are judged by the trust store alone:
+    no key file is read, not even ``keys/`` beside the evidence. Without it, ``key_path`` or
+    that legacy ``keys/`` file is used (integrity since sealing; ``key_trusted`` then only
+    says a key file was found, not that anyone vouches for it).
+    """
     dirs, root = find_layout(path)
-    if key_path is None and root is not None and (root / 'keys' / f'{KEY_NAME}.pub').is_file():
+    if trust is not None:
+        key_path = None
+    elif key_path is None and root is not None and \
+            (root / 'keys' / f'{KEY_NAME}.pub').is_file():
         key_path = root / 'keys' / f'{KEY_NAME}.pub'
     public_raw = load_public_key(key_path) if key_path is not None else None
-    report = Report(path.resolve(), key_path, public_raw is not None)
-    report.incidents = [check_incident(d, public_raw) for d in dirs]
+    report = Report(path.resolve(), key_path, public_raw is not None or trust is not None)
+    report.incidents = [check_incident(d, public_raw, trust=trust) for d in dirs]
     if not dirs and root is None:
         report.chain_errors.append(f'no incidents under {path}')
         return report
@@ -448,12 +539,24 @@ def verify_tree(path: Path, key_path: Path | None = None) -> Report:
                 except ValueError:
                     continue
     if len(dirs) > 1 or whole:
-        _check_chain(report, head, pruned, (root / 'spool') if whole and root else None)
+        _check_chain(report, head, pruned, (root / 'spool') if whole and root else None,
+                     trust)
+    return report
+
+
+def verify_dirs(dirs: list[Path], source: Path, *, trust: Any = None) -> Report:
+    """Check incidents copied out of a unit (one device's folders in a bucket, a set handed to
+    court): every incident, and the chain between them with no gaps (it may start anywhere;
+    what the copy must hold is the ledger's business, ``core.history``)."""
+    report = Report(source, None, trust is not None)
+    report.incidents = [check_incident(d, None, trust=trust) for d in sorted(dirs)]
+    if len(dirs) > 1:
+        _check_chain(report, None, [], None, trust)
     return report
 
 
 def _check_chain(report: Report, head: ChainHead | None, pruned: list[dict[str, Any]],
-                 spool: Path | None) -> None:
+                 spool: Path | None, trust: Any = None) -> None:
     """Links between manifests ordered by sequence; settles which file a bad signature is.
 
     ``spool`` is set when this is a device's own spool (chain head and prune log at hand):
@@ -475,6 +578,7 @@ def _check_chain(report: Report, head: ChainHead | None, pruned: list[dict[str, 
                 f'{other.incident_id} and {chk.incident_id}')
             continue
         by_seq[chk.sequence] = chk
+    _check_one_signer(report, by_seq, trust, bad)
     known: dict[int, tuple[str, str]] = {}       # sequence -> (manifest sha256, incident id)
     for p in pruned:
         try:
@@ -523,6 +627,33 @@ def _check_chain(report: Report, head: ChainHead | None, pruned: list[dict[str, 
         if not chk.signature_valid and seq in vouched and manifest in chk.bad_files and \
                 not any(e.startswith(MANIFEST) for e in chk.errors):
             chk.bad_files.remove(manifest)
+
+
+def _check_one_signer(report: Report, by_seq: dict[int, IncidentCheck], trust: Any,
+                      bad: Any) -> None:
+    """Keys mixed in one chain: every manifest must name the key of the first one, unless
+    the trust store binds both keys to the same device (a key rotation; its handover is the
+    ledger's to prove)."""
+    first: tuple[bytes, IncidentCheck] | None = None
+    for seq in sorted(by_seq):
+        chk = by_seq[seq]
+        try:
+            manifest = json.loads((chk.path / MANIFEST).read_bytes())
+            key = base64.b64decode(str(manifest.get('device_public_key', '')), validate=True)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if first is None:
+            first = (key, chk)
+            continue
+        if key == first[0]:
+            continue
+        if trust is not None:
+            a, b = trust.by_public_key(first[0]), trust.by_public_key(key)
+            if a is not None and b is not None and a.device_id == b.device_id:
+                continue
+        bad(chk.path / MANIFEST, f'{chk.incident_id} (sequence {seq}): keys mixed in one '
+            f'chain: signed by key {sha256_bytes(key)[:16]}, the chain from '
+            f'{first[1].incident_id} by {sha256_bytes(first[0])[:16]}')
 
 
 def prune_incident(root: Path, path: Path, incident_id: str, sequence: Any,
