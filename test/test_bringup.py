@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from bodycam_ros import bringup
+from bodycam_ros.commands.run import embedded_trust
 from conftest import spin_until
-from spoolutil import recorder_params
 
 STATUS = re.compile(r'camera/h264 (?P<cam>[\d.]+) Hz \| imu/data (?P<imu>[\d.]+) Hz \| '
                     r'gps/fix (?P<gps>[\d.]+) Hz \| holster (?P<holster>\S+)')
@@ -161,10 +161,13 @@ def test_second_signal_during_shutdown_still_seals_and_uploads(start_process, tm
     drains it. ``storm_during_close`` keeps sending SIGTERM and SIGINT every 20 ms until
     every node is gone, so some surely land inside close()."""
     evidence, bucket = tmp_path / 'evidence', tmp_path / 'bucket'
+    # The device key and a demo agency with the unit registered, as `bodycam run` makes them.
+    trust, _ = embedded_trust(tmp_path / 'agency', tmp_path / 'keys', Path('config/sim.yaml'),
+                              evidence)
     overrides = bringup.write_overrides(tmp_path / 'overrides.yaml', {
         'evidence_dir': str(evidence), 'bucket': f'file://{bucket}', 'min_free_bytes': 0,
         'width': 320, 'height': 240, 'bitrate': 300000, 'raw_rate': 0.0,
-        'status_period_s': 0.2, **recorder_params(tmp_path)})
+        'status_period_s': 0.2, **trust})
     names = ('camera', 'trigger_fusion', 'recorder', 'uploader')
     procs = {}
     for name in names:
@@ -200,7 +203,8 @@ def test_second_signal_during_shutdown_still_seals_and_uploads(start_process, tm
     assert not recording.exists() or not any(recording.iterdir())
     sealed = evidence / 'spool' / incident
     assert (sealed / 'manifest.sig').is_file()
-    verify = subprocess.run([sys.executable, '-m', 'bodycam_ros.cli', 'verify', str(sealed)],
+    verify = subprocess.run([sys.executable, '-m', 'bodycam_ros.cli', 'verify', '--trust',
+                             str(tmp_path / 'agency'), str(sealed)],
                             capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     upload = json.loads((sealed / 'upload.json').read_text())

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from bodycam_ros import bringup
+from bodycam_ros.commands.run import embedded_trust
 from conftest import ROOT
 
 KIT = ROOT.parent / 'shared' / 'tools' / 'ros2-launch-kit.sh'
@@ -81,7 +82,10 @@ def _params(tmp_path: Path) -> Path:
         return doc.setdefault(f'/**/{name}', {'ros__parameters': {}})['ros__parameters']
     section('camera').update(width=320, height=240, bitrate=300000, raw_rate=1.0)
     evidence = str(tmp_path / 'evidence')
-    section('recorder').update(evidence_dir=evidence, min_free_bytes=0)
+    # The recorder's device key and a demo agency it encrypts to, as `bodycam run` makes them.
+    trust, _ = embedded_trust(tmp_path / 'agency', tmp_path / 'keys', ROOT / 'config' /
+                              'sim.yaml', tmp_path / 'evidence')
+    section('recorder').update(evidence_dir=evidence, min_free_bytes=0, **trust)
     # Launch stops every node at once, so the uploader's drain budget runs while the recorder
     # seals (7.5 s for a 2-minute incident at load average 15 here): give it room.
     section('uploader').update(evidence_dir=evidence, bucket=f'file://{tmp_path / "bucket"}',
@@ -212,7 +216,8 @@ def test_ros2_launch_runs_the_unit_and_ctrl_c_stops_every_node_cleanly(ros2, tmp
     incident = video.parent.name
     sealed = tmp_path / 'evidence' / 'spool' / incident
     assert (sealed / 'manifest.sig').is_file() and not video.parent.exists(), out[-4000:]
-    verify = subprocess.run([sys.executable, '-m', 'bodycam_ros.cli', 'verify', str(sealed)],
+    verify = subprocess.run([sys.executable, '-m', 'bodycam_ros.cli', 'verify', '--trust',
+                             str(tmp_path / 'agency'), str(sealed)],
                             capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert json.loads((sealed / 'upload.json').read_text())['verified'] is True
