@@ -17,6 +17,7 @@ COMMANDS = {
     'agency': "the agency's keys and trust store: init, register, revoke, list (off the unit)",
     'provision': "create this unit's signing key (key directory or PKCS#11 token)",
     'audit': "check a unit's signed audit log: audit verify PATH --trust DIR",
+    'portal': 'the agency web portal: index, verify, play, export and audit incidents',
 }
 
 
