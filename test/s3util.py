@@ -146,9 +146,13 @@ class S3Server:
                             config=Config(s3={'addressing_style': 'path'},
                                           retries={'total_max_attempts': 3, 'mode': 'standard'}))
 
-    def create_bucket(self, name: str, versioning: bool = False) -> None:
+    def create_bucket(self, name: str, versioning: bool = False,
+                      object_lock: bool = False) -> None:
+        """``object_lock``: created with ObjectLockEnabledForBucket (versioning comes with
+        it), as an agency's evidence bucket."""
         c = self.client()
-        c.create_bucket(Bucket=name)
+        c.create_bucket(Bucket=name, **({'ObjectLockEnabledForBucket': True}
+                                        if object_lock else {}))
         if versioning:
             c.put_bucket_versioning(Bucket=name, VersioningConfiguration={'Status': 'Enabled'})
 
@@ -400,9 +404,19 @@ class _Conn:
 
 def s3_options(endpoint: str, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY,
                **extra) -> dict:
-    """S3Backend keywords for a loopback endpoint."""
+    """S3Backend keywords for a loopback endpoint (moto speaks plain http: allowed here)."""
     return {'endpoint_url': endpoint, 'region': REGION, 'access_key_id': access_key,
-            'secret_access_key': secret_key, **extra}
+            'secret_access_key': secret_key, 'allow_insecure_http': True, **extra}
+
+
+def credentials_file(path, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY,
+                     mode: int = 0o600, profile: str = 'default'):
+    """An AWS credentials file with ``mode`` (what the node and CLI take; never a value)."""
+    import os
+    path.write_text(f'[{profile}]\naws_access_key_id = {access_key}\n'
+                    f'aws_secret_access_key = {secret_key}\n')
+    os.chmod(path, mode)
+    return path
 
 
 def wait_for(pred: Callable[[], object], timeout_s: float = 10.0, step_s: float = 0.02) -> bool:

@@ -19,6 +19,7 @@ from bodycam_ros.core.upload.backends import FileBackend
 from conftest import ROOT
 from spoolutil import DEVICE, h264_mp4, incident_files, make_incident
 from uploadutil import resign
+from test_upload_trust_util import device_signer, seal_in_ledger
 
 DAY = 86400.0
 
@@ -120,8 +121,11 @@ def test_keep_local_zero_deletes_the_local_copy_only_after_verification(tmp_path
     assert incident_files(inc) == files and not (inc / 'upload.json').exists()
 
     bucket = tmp_path / 'bucket'
+    seal_in_ledger(ev, inc)                  # a delete needs its signed prune record
+    files = incident_files(inc)
     manifest_sha = __import__('hashlib').sha256((inc / 'manifest.json').read_bytes()).hexdigest()
-    assert create_uploader(f'file://{bucket}', ev, keep_local_s=0.0).drain().ok
+    assert create_uploader(f'file://{bucket}', ev, keep_local_s=0.0,
+                           signer=device_signer()).drain().ok
     assert not inc.exists() and list((ev / 'spool').iterdir()) == []
     # logged like the recorder's disk policy does, so the hash chain still verifies
     (line,) = (ev / 'pruned.jsonl').read_text().splitlines()

@@ -16,16 +16,25 @@ from bodycam_ros.core.upload import create_uploader
 from bodycam_ros.core.upload.prune import dir_size
 from s3util import S3Server, s3_options
 from spoolutil import DEVICE, incident_files, make_incident
+from test_upload_trust_util import device_signer, evidence_objects, seal_in_ledger
 
 T0 = 1_700_000_000.0
 DAY = '2023-11-14'
 FAST = dict(base_backoff_s=0.02, max_backoff_s=0.2)
 
 
+def sealed(ev: Path, *args, **kw) -> Path:
+    """An incident as the recorder seals it: numbered, its seal in the signed ledger (a
+    delete needs a signed prune record, and that needs the seal)."""
+    inc = make_incident(ev, *args, **kw)
+    seal_in_ledger(ev, inc)
+    return inc
+
+
 def file_uploader(tmp_path: Path, ev: Path, **kw):
     events: list = []
     up = create_uploader(f'file://{tmp_path / "bucket"}', ev, on_event=events.append,
-                         **{**FAST, **kw})
+                         signer=device_signer(), **{**FAST, **kw})
     up.events = events
     return up
 
@@ -47,7 +56,7 @@ def test_a_forged_upload_record_deletes_nothing_under_disk_pressure(tmp_path: Pa
     then disk-pressure pruning deleted it. Now the bucket is asked first: nothing is there,
     so it is kept, queued again, uploaded, and deleted only once the bucket holds it."""
     ev = tmp_path / 'evidence'
-    inc = make_incident(ev, 'forged', start_time=T0, sensors_size=200_000)
+    inc = sealed(ev, 'forged', start_time=T0, sensors_size=200_000)
     files = incident_files(inc)
     (inc / 'upload.json').write_text('{"verified": true}')
     bucket = tmp_path / 'bucket'
@@ -69,12 +78,13 @@ def test_a_forged_upload_record_deletes_nothing_under_disk_pressure(tmp_path: Pa
 def test_a_forged_record_alone_is_never_deleted_while_the_bucket_is_unreachable(
         tmp_path: Path):
     ev = tmp_path / 'evidence'
-    inc = make_incident(ev, 'forged', start_time=T0)
+    inc = sealed(ev, 'forged', start_time=T0)
     files = incident_files(inc)
     (inc / 'upload.json').write_text('{"verified": true, "verified_at": 0}')
     not_a_dir = tmp_path / 'not-a-dir'
     not_a_dir.write_text('a file where the bucket should be')
-    up = create_uploader(f'file://{not_a_dir}', ev, keep_local_s=0.0, **FAST)
+    up = create_uploader(f'file://{not_a_dir}', ev, keep_local_s=0.0, signer=device_signer(),
+                         **FAST)
 
     up.drain(timeout_s=10)
 
@@ -88,8 +98,11 @@ def test_disk_pressure_deletes_the_oldest_verified_incidents_until_space_is_back
     for i, name in enumerate(['c-newest', 'a-oldest', 'b-older', 'd-pending']):
         start = {'a-oldest': T0, 'b-older': T0 + 10, 'c-newest': T0 + 20,
                  'd-pending': T0 - 100}[name]
-        inc = make_incident(ev, name, start_time=start, sensors_size=300_000 + i, seed=i)
-        sizes[name] = dir_size(inc)
+        make_incident(ev, name, start_time=start, sensors_size=300_000 + i, seed=i)
+    seal_in_ledger(ev, *(ev / 'spool' / n for n in ('d-pending', 'a-oldest', 'b-older',
+                                                     'c-newest')))   # sealed as they ended
+    for name in ('c-newest', 'a-oldest', 'b-older', 'd-pending'):
+        sizes[name] = dir_size(ev / 'spool' / name)
     # three uploaded, the fourth (oldest of all) not: it must survive any pressure
     first = file_uploader(tmp_path, ev)
     for name in ('c-newest', 'a-oldest', 'b-older'):
@@ -100,7 +113,8 @@ def test_disk_pressure_deletes_the_oldest_verified_incidents_until_space_is_back
     quota = dir_size(ev)
     events: list = []
     pruner = create_uploader(f'file://{tmp_path / "bucket"}', ev, on_event=events.append,
-                             min_free_bytes=need, max_evidence_bytes=quota, **FAST)
+                             min_free_bytes=need, max_evidence_bytes=quota,
+                             signer=device_signer(), **FAST)
 
     result = pruner._maybe_prune(force=True)
 
@@ -116,7 +130,7 @@ def test_disk_pressure_deletes_the_oldest_verified_incidents_until_space_is_back
 def test_a_damaged_bucket_copy_stops_the_delete_and_the_incident_goes_up_again(
         tmp_path: Path):
     ev = tmp_path / 'evidence'
-    inc = make_incident(ev, 'inc', start_time=T0)
+    inc = sealed(ev, 'inc', start_time=T0)
     files = incident_files(inc)
     assert file_uploader(tmp_path, ev).drain().ok
     stored = tmp_path / 'bucket' / DEVICE / DAY / 'inc'
@@ -134,7 +148,7 @@ def test_a_damaged_bucket_copy_stops_the_delete_and_the_incident_goes_up_again(
 
 def test_no_pruning_configured_deletes_nothing_even_with_a_full_quota(tmp_path: Path):
     ev = tmp_path / 'evidence'
-    inc = make_incident(ev, 'inc', start_time=T0)
+    inc = sealed(ev, 'inc', start_time=T0)
     up = file_uploader(tmp_path, ev, max_evidence_bytes=1)
     assert up.drain().ok
     assert inc.is_dir() and pruned(ev) == []
@@ -142,7 +156,7 @@ def test_no_pruning_configured_deletes_nothing_even_with_a_full_quota(tmp_path: 
 
 def test_low_disk_with_nothing_prunable_is_reported(tmp_path: Path):
     ev = tmp_path / 'evidence'
-    inc = make_incident(ev, 'inc', start_time=T0)
+    inc = sealed(ev, 'inc', start_time=T0)
     (inc / 'video.mp4').write_bytes(b'changed')          # quarantined: never deleted
     up = file_uploader(tmp_path, ev, min_free_bytes=1, max_evidence_bytes=1)
     result = up.drain()
@@ -166,6 +180,7 @@ def s3_uploader(s3: S3Server, bucket: str, ev: Path, **kw):
     events: list = []
     up = create_uploader(f's3://{bucket}', ev, proxy=False, on_event=events.append,
                          s3_options=s3_options(s3.url), part_size=5 * 1024 * 1024,
+                         signer=device_signer(),
                          multipart_threshold=5 * 1024 * 1024, **{**FAST, **kw})
     up.events = events
     return up
@@ -193,7 +208,7 @@ def test_s3_copy_is_checked_again_before_each_delete(s3: S3Server, tmp_path: Pat
     bucket = f'prune-{damage.__name__.strip("_").replace("_", "-")}'
     s3.create_bucket(bucket)
     ev = tmp_path / 'evidence'
-    inc = make_incident(ev, 'inc', start_time=T0)
+    inc = sealed(ev, 'inc', start_time=T0)
     files = incident_files(inc)
     assert s3_uploader(s3, bucket, ev).drain().ok
     key = f'{DEVICE}/{DAY}/inc/sensors.mcap'
@@ -207,17 +222,18 @@ def test_s3_copy_is_checked_again_before_each_delete(s3: S3Server, tmp_path: Pat
     # the bucket was asked, refuted upload.json; queued, uploaded again, only then deleted
     assert kinds(up, 'inc') == ['requeued', 'verified', 'deleted'] and pruned(ev) == ['inc']
     assert s3.count(bucket, 'PutObject', key) == uploads_before + 1
-    stored = {k.rsplit('/', 1)[1]: v for k, v in s3.objects(bucket).items()}
+    stored = {k.rsplit('/', 1)[1]: v for k, v in evidence_objects(s3.objects(bucket)).items()}
     assert stored == files
 
 
 def test_s3_keep_local_deletes_after_the_remote_verifies(s3: S3Server, tmp_path: Path):
     s3.create_bucket('prune-ok')
     ev = tmp_path / 'evidence'
-    inc = make_incident(ev, 'inc', start_time=T0)
+    inc = sealed(ev, 'inc', start_time=T0)
     files = incident_files(inc)
     up = s3_uploader(s3, 'prune-ok', ev, keep_local_s=0.0)
     assert up.drain().ok
     assert not inc.exists() and pruned(ev) == ['inc']
-    stored = {k.rsplit('/', 1)[1]: v for k, v in s3.objects('prune-ok').items()}
+    stored = {k.rsplit('/', 1)[1]: v
+              for k, v in evidence_objects(s3.objects('prune-ok')).items()}
     assert stored == files

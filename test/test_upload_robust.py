@@ -18,21 +18,22 @@ from bodycam_ros.core.upload import create_uploader
 from conftest import ROOT
 from spoolutil import DEVICE, incident_files, make_incident
 from uploadutil import resign
+from test_upload_trust_util import device_signer, seal_in_ledger
 
 T0 = 1_700_000_000.0
 FAST = dict(base_backoff_s=0.02, max_backoff_s=0.2)
 
 
 def spool_with_goods(ev: Path, n: int = 3) -> list[str]:
-    for i in range(n):
-        make_incident(ev, f'good-{i}', start_time=T0 + i, seed=i)
+    seal_in_ledger(ev, *(make_incident(ev, f'good-{i}', start_time=T0 + i, seed=i)
+                         for i in range(n)))
     return [f'good-{i}' for i in range(n)]
 
 
 def uploader(tmp_path: Path, ev: Path, **kw):
     events: list = []
     up = create_uploader(f'file://{tmp_path / "bucket"}', ev, on_event=events.append,
-                         **{**FAST, **kw})
+                         **{'signer': device_signer(), **FAST, **kw})
     up.events = events
     return up
 
@@ -270,6 +271,8 @@ def test_incidents_the_real_recorder_seals_pass_the_checks_upload_and_prune(
     from bodycam_ros.core import keys, trust
     from bodycam_ros.core.encryption import encode_recipient
     from bodycam_ros.core.ring import LookbackRing
+    from bodycam_ros.core.audit import AuditLog, audit_path
+    from bodycam_ros.core.ledger import Ledger, ledger_path
     from bodycam_ros.core.spool import Command, EvidenceStore, Recorder, RecorderConfig
     from spoolutil import agency_for
     from test_mp4 import encode_clip
@@ -282,8 +285,11 @@ def test_incidents_the_real_recorder_seals_pass_the_checks_upload_and_prune(
         agency, _, _ = agency_for(tmp_path)
         pub = trust.load_encryption_public(agency)
         kw = dict(recipients=[pub], recipient=encode_recipient(pub))
+    kw.update(ledger=Ledger(ledger_path(root), signer, 'unit-1'),
+              audit=AuditLog(audit_path(root), signer, 'unit-1'))
     rec = Recorder(store, LookbackRing(keep_s=3.0, max_bytes=1 << 26), signer,
-                   RecorderConfig(pre_event_s=1.0, post_event_s=0.4, min_free_bytes=0), **kw)
+                   RecorderConfig(pre_event_s=1.0, post_event_s=0.4, min_free_bytes=0,
+                                  device_id='unit-1'), **kw)
     rec.start()
     frames = 60
     for i, p in enumerate(encode_clip(frames * 2)):
@@ -300,7 +306,7 @@ def test_incidents_the_real_recorder_seals_pass_the_checks_upload_and_prune(
     sealed = {json.loads((d / 'manifest.json').read_text())['triggers'][0]['reason']: d.name
               for d in (root / 'spool').iterdir()}
     up = uploader(tmp_path, root, device_key=tmp_path / 'keys' / 'device_ed25519.pub',
-                  keep_local_s=0.0)
+                  keep_local_s=0.0, signer=signer)
 
     result = up.drain(timeout_s=60)
 

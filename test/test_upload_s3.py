@@ -20,6 +20,7 @@ from bodycam_ros.core.upload import create_uploader
 from conftest import ROOT
 from s3util import ACCESS_KEY, REGION, SECRET_KEY, FaultProxy, Fault, S3Server, s3_options
 from spoolutil import DEVICE, h264_mp4, incident_files, make_incident
+from test_upload_trust_util import evidence_objects
 
 PART = 5 * 1024 * 1024
 DAY = '2023-11-14'
@@ -60,7 +61,8 @@ def cli(ev: Path, bucket: str, endpoint: str, access: str = ACCESS_KEY,
     """argv and environment of ``bodycam upload --once`` for a loopback endpoint."""
     argv = [sys.executable, '-m', 'bodycam_ros.cli', 'upload', '--once', '--no-proxy',
             '--bucket', f's3://{bucket}', '--endpoint-url', endpoint, '--region', REGION,
-            '--evidence-dir', str(ev), '--part-size', '5', '--max-backoff', '1', '--retries', '3']
+            '--evidence-dir', str(ev), '--part-size', '5', '--max-backoff', '1', '--retries', '3',
+            '--allow-insecure-http']
     env = {**os.environ, 'AWS_ACCESS_KEY_ID': access, 'AWS_SECRET_ACCESS_KEY': secret,
            'AWS_CONFIG_FILE': '/dev/null', 'AWS_SHARED_CREDENTIALS_FILE': '/dev/null'}
     return argv, env
@@ -186,7 +188,7 @@ def test_connections_cut_mid_part_still_upload_each_object_once(s3: S3Server, tm
         proxy.close()
     assert result.ok, result
     assert proxy.cuts == 3
-    assert s3.objects('cuts') == expected_objects(ev)
+    assert evidence_objects(s3.objects('cuts')) == expected_objects(ev)
     assert set(s3.versions('cuts').values()) == {1}      # no object written twice
     assert s3.open_uploads('cuts') == []
     errors = [e.message for e in up.events if e.kind == 'error']
@@ -205,7 +207,7 @@ def test_corruption_in_transit_is_caught_by_the_client_and_resent(s3: S3Server, 
 
     assert up.drain().ok
 
-    assert s3.objects('corrupt') == expected_objects(ev)
+    assert evidence_objects(s3.objects('corrupt')) == expected_objects(ev)
     assert s3.count('corrupt', 'UploadPart', f'{prefix}/big.bin', part=2) == 2
     assert s3.count('corrupt', 'UploadPart', f'{prefix}/big.bin', part=1) == 1
     assert s3.count('corrupt', 'PutObject', f'{prefix}/sensors.mcap') == 2
@@ -233,7 +235,7 @@ def test_wrong_credentials_fail_clearly_and_keep_the_evidence(s3: S3Server, tmp_
     finally:
         s3.set_auth(False)
     assert json.loads((inc / 'upload.json').read_text())['verified'] is True
-    assert s3.objects('creds') == expected_objects(ev)
+    assert evidence_objects(s3.objects('creds')) == expected_objects(ev)
 
 
 def test_missing_bucket_fails_clearly_and_keeps_the_evidence(s3: S3Server, tmp_path: Path):
@@ -269,7 +271,7 @@ def test_urgent_incident_takes_over_at_a_part_boundary(s3: S3Server, tmp_path: P
     assert at['down'] < at['routine']
     assert any(e.kind == 'yield' for e in up.events)
     assert [s3.count('preempt', 'UploadPart', key, part=n) for n in (1, 2, 3)] == [1, 1, 1]
-    assert s3.objects('preempt') == expected_objects(ev)
+    assert evidence_objects(s3.objects('preempt')) == expected_objects(ev)
 
 
 def test_fifty_incidents_under_random_faults_none_lost_none_duplicated(s3: S3Server,

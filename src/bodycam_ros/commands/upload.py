@@ -2,7 +2,10 @@
 
 Pure core, no ROS: it also runs on an administration machine that holds a copy of a unit's
 evidence directory. Credentials come from the standard AWS chain (environment, ~/.aws,
-instance role) or ``--profile``; never from the command line, where ``ps`` would show them.
+instance role), ``--profile``, or a 0600 ``--credentials-file``; never from the command line,
+where ``ps`` would show them. ``--key-dir`` is the unit's device key: it signs the ledger's
+``uploaded``/``pruned`` entries (without it nothing is ever pruned). A plain ``http://``
+endpoint needs ``--allow-insecure-http``.
 """
 from __future__ import annotations
 
@@ -25,6 +28,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='S3-compatible endpoint (MinIO, Ceph), e.g. http://127.0.0.1:9000')
     p.add_argument('--region', default='', help='S3 region (default from the AWS chain)')
     p.add_argument('--profile', default='', help='AWS profile from ~/.aws')
+    p.add_argument('--credentials-file', type=Path, default=None, metavar='FILE',
+                   help='AWS credentials file, mode 0600 (default: the AWS credential chain)')
+    p.add_argument('--allow-insecure-http', action='store_true',
+                   help='accept a plain http:// --endpoint-url (tests and loopback only)')
+    p.add_argument('--sse', default='AES256', choices=('AES256', 'aws:kms', 'none'),
+                   help='server-side encryption asked for every object (default AES256)')
+    p.add_argument('--kms-key-id', default='', help='KMS key for --sse aws:kms')
+    p.add_argument('--object-lock-mode', default='governance',
+                   choices=('governance', 'compliance', 'off'),
+                   help='retention on every object where the bucket has Object Lock '
+                   '(default governance)')
+    p.add_argument('--object-lock-days', type=int, default=365, metavar='DAYS',
+                   help='Object Lock retention in days (default 365)')
+    p.add_argument('--device-id', default='',
+                   help="the unit's id for the ledger (default: the key dir's, else the host)")
     p.add_argument('--part-size', type=float, default=8.0, metavar='MIB',
                    help='multipart part size in MiB, >= 5 for S3 (default 8)')
     p.add_argument('--bandwidth', type=float, default=0.0, metavar='BYTES_PER_S',
@@ -46,7 +64,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='longest wait between retries (default 30 s)')
     p.add_argument('--key-dir', type=Path, default=None, metavar='DIR',
                    help="the unit's key dir: manifests must be signed by its "
-                   "device_ed25519.pub (default: each manifest's own key)")
+                   "device_ed25519.pub, and its key signs the ledger (default: each "
+                   "manifest's own key, no ledger entries, nothing pruned)")
     p.add_argument('--quiet', action='store_true', help='no progress bar, only the summary')
 
 
@@ -94,17 +113,22 @@ class Progress:
 def main(args: argparse.Namespace) -> int:
     import threading
 
-    from bodycam_ros.core.upload import UploadEvent, create_uploader
+    from bodycam_ros.core.upload import UploadEvent, check_endpoint, create_uploader
     from bodycam_ros.core.upload.queue import safe_component
 
     progress = Progress(quiet=args.quiet)
 
     def on_event(e: UploadEvent) -> None:
-        if e.kind in ('verified', 'error', 'warning', 'quarantined', 'released', 'deleted',
+        if e.kind in ('verified', 'error', 'warning', 'quarantined', 'released', 'deleted', 'info',
                       'requeued', 'proxy_ready', 'yield'):
             who = f' {e.incident_id}' if e.incident_id else ''
             progress.event(f'upload: {e.kind}{who}: {e.message}')
 
+    try:
+        check_endpoint(args.endpoint_url, args.allow_insecure_http)
+    except ValueError as exc:
+        print(f'error: --endpoint-url: {exc} (--allow-insecure-http)', file=sys.stderr)
+        return 2
     if not (args.evidence_dir / 'spool').is_dir():
         print(f'upload: nothing to do: no spool in {args.evidence_dir}', flush=True)
         return 0
@@ -112,11 +136,16 @@ def main(args: argparse.Namespace) -> int:
         uploader = create_uploader(
             args.bucket, args.evidence_dir, proxy=args.proxy, on_event=on_event,
             s3_options={'endpoint_url': args.endpoint_url, 'region': args.region,
-                        'profile': args.profile},
+                        'profile': args.profile, 'credentials_file': args.credentials_file,
+                        'sse': args.sse, 'kms_key_id': args.kms_key_id,
+                        'object_lock_mode': args.object_lock_mode,
+                        'object_lock_days': args.object_lock_days,
+                        'allow_insecure_http': args.allow_insecure_http},
             part_size=int(args.part_size * MiB), multipart_threshold=int(args.part_size * MiB),
             bandwidth_bps=args.bandwidth, keep_local_s=args.keep_local,
             min_free_bytes=max(0, args.min_free),
             device_key=args.key_dir / 'device_ed25519.pub' if args.key_dir else None,
+            key_dir=args.key_dir, device_id=args.device_id,
             max_backoff_s=max(1.0, args.max_backoff))
     except ValueError as exc:
         print(f'error: {exc}', file=sys.stderr)

@@ -6,10 +6,19 @@ responsive. Publishes ``uploader/status`` (DiagnosticStatus, latched, 1 Hz) and 
 An incident that cannot be trusted is quarantined (``<evidence_dir>/quarantine/<id>.json``)
 and reported as ERROR until someone acts; the rest keeps going. This node is the only one
 that deletes evidence: ``keep_local_s`` and ``min_free_bytes``, each deletion only after the
-bucket's copy verifies again.
+bucket's copy verifies again and its signed ``pruned`` ledger entry is on disk.
+
+Trust (issue 10): the device key from ``key_dir`` signs an ``uploaded`` ledger entry per
+verified incident and the audit lines; the ledger and audit log go to the bucket after every
+incident. Without a key it uploads but never prunes (one WARN). S3 objects request
+server-side encryption (``s3_sse``) and, where the bucket has Object Lock, a retention
+(``object_lock_mode``, ``object_lock_days``). ``http://`` endpoints need
+``allow_insecure_http``. Credentials come only from the AWS chain or ``credentials_file``
+(0600): a secret is never a parameter, since anyone on the DDS domain can read parameters.
 """
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from pathlib import Path
@@ -20,12 +29,16 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 
 from bodycam_ros.core.evidence import KEY_NAME
-from bodycam_ros.core.upload import (S3_MIN_PART, UploadEvent, UploadStatus, create_uploader,
+from bodycam_ros.core.upload import (LOCK_CHOICES, S3_MIN_PART, SSE_CHOICES, UploadEvent,
+                                     UploadStatus, check_endpoint, create_uploader,
                                      parse_bucket_url, proxy_default)
 from bodycam_ros.rosutil import (ERROR, LATCHED_QOS, OK, SENSOR_QOS, WARN, Diagnostics,
                                  ParameterError, declare, run_node, status)
 
 MiB = 1024 * 1024
+#: A parameter whose name has one of these and does not end in _file would hold a secret.
+SECRET_WORDS = ('secret', 'access_key', 'session_token', 'token', 'password', 'passphrase',
+                'credential', 'api_key')
 
 
 class UploaderNode(Node):
@@ -33,6 +46,7 @@ class UploaderNode(Node):
         super().__init__('uploader', **kw)
         self._log = self.get_logger()          # swapped for a plain logger on shutdown
         self._last_log: dict[str, float] = {}
+        self._refuse_secret_parameters()
         evidence_dir = declare(self, 'evidence_dir', 'var/evidence',
                                'evidence directory; sealed incidents are in <dir>/spool')
         bucket = declare(self, 'bucket', 'file://var/bucket',
@@ -40,10 +54,26 @@ class UploaderNode(Node):
         endpoint_url = declare(self, 'endpoint_url', '',
                                'S3-compatible endpoint (MinIO, Ceph); empty for AWS')
         region = declare(self, 'region', '', 'S3 region; empty for the AWS chain default')
-        access_key_id = declare(self, 'access_key_id', '',
-                                'S3 access key; empty for the standard AWS credential chain')
-        secret_access_key = declare(self, 'secret_access_key', '',
-                                    'S3 secret key (never logged); empty for the AWS chain')
+        credentials_file = declare(self, 'credentials_file', '',
+                                   'AWS credentials file, mode 0600 ([default] or [profile]: '
+                                   "aws_access_key_id, aws_secret_access_key); '' = the "
+                                   'standard AWS chain (env, ~/.aws, instance role)')
+        profile = declare(self, 'profile', '', 'AWS profile (section of credentials_file '
+                          "or ~/.aws); '' = default")
+        sse = declare(self, 's3_sse', 'AES256', 'server-side encryption requested on every '
+                      'object: AES256 (SSE-S3), aws:kms (with s3_kms_key_id) or none',
+                      choices=SSE_CHOICES)
+        kms_key_id = declare(self, 's3_kms_key_id', '', "KMS key id/ARN for s3_sse aws:kms "
+                             "('' = the bucket's default KMS key)")
+        lock_mode = declare(self, 'object_lock_mode', 'governance', 'retention put on every '
+                            'object where the bucket has Object Lock: governance, compliance '
+                            'or off', choices=LOCK_CHOICES)
+        lock_days = declare(self, 'object_lock_days', 365, 'Object Lock retention [days]',
+                            min_value=1, max_value=36500)
+        allow_http = declare(self, 'allow_insecure_http', False,
+                             'accept a plain http:// endpoint_url (tests and loopback only)')
+        device_id = declare(self, 'device_id', '', "this unit as registered with the agency "
+                            "(the ledger's device); '' = the host name, as the recorder's")
         part_size = declare(self, 'part_size', 8 * MiB,
                             'multipart part size [bytes] (S3 minimum 5 MiB)',
                             min_value=64 * 1024, max_value=5 * 1024 * MiB)
@@ -86,15 +116,30 @@ class UploaderNode(Node):
             raise ParameterError(f'parameter uploader.part_size={part_size} is invalid for '
                                  f's3://; allowed >= {S3_MIN_PART} (5 MiB)')
         use_proxy = proxy_default(parsed) if proxy == 'auto' else proxy == 'true'
-        self._uploader = create_uploader(
-            bucket, Path(evidence_dir), proxy=use_proxy, on_event=self._on_event,
-            s3_options={'endpoint_url': endpoint_url, 'region': region,
-                        'access_key_id': access_key_id, 'secret_access_key': secret_access_key},
-            part_size=part_size, multipart_threshold=threshold, bandwidth_bps=bandwidth,
-            keep_local_s=keep_local_s, min_free_bytes=min_free_bytes,
-            max_evidence_bytes=max_evidence_bytes, prune_check_s=prune_check_s,
-            max_backoff_s=max_backoff_s, poll_s=poll_s,
-            device_key=Path(key_dir) / f'{KEY_NAME}.pub' if key_dir else None)
+        if parsed.scheme == 's3':
+            try:
+                check_endpoint(endpoint_url, allow_http)
+            except ValueError as exc:
+                raise ParameterError(f'parameter uploader.endpoint_url={endpoint_url!r}: '
+                                     f'{exc} (uploader.allow_insecure_http)') from None
+        try:
+            self._uploader = create_uploader(
+                bucket, Path(evidence_dir), proxy=use_proxy, on_event=self._on_event,
+                s3_options={'endpoint_url': endpoint_url, 'region': region,
+                            'credentials_file': credentials_file or None, 'profile': profile,
+                            'sse': sse, 'kms_key_id': kms_key_id,
+                            'object_lock_mode': lock_mode, 'object_lock_days': lock_days,
+                            'allow_insecure_http': allow_http},
+                part_size=part_size, multipart_threshold=threshold, bandwidth_bps=bandwidth,
+                keep_local_s=keep_local_s, min_free_bytes=min_free_bytes,
+                max_evidence_bytes=max_evidence_bytes, prune_check_s=prune_check_s,
+                max_backoff_s=max_backoff_s, poll_s=poll_s,
+                device_key=Path(key_dir) / f'{KEY_NAME}.pub' if key_dir else None,
+                key_dir=Path(key_dir) if key_dir else None,
+                device_id=device_id or socket.gethostname(), clock=self._now)
+        except ValueError as exc:
+            name = 'credentials_file' if 'credentials_file' in str(exc) else 'bucket'
+            raise ParameterError(f'parameter uploader.{name}: {exc}') from None
         self._bucket = self._uploader.backend.url
         self._pub = self.create_publisher(DiagnosticStatus, 'uploader/status', LATCHED_QOS)
         self._diag = Diagnostics(self, hardware_id=self._bucket)
@@ -105,6 +150,22 @@ class UploaderNode(Node):
         self._uploader.start()
         self.get_logger().info(f'uploading {Path(evidence_dir) / "spool"} to {self._bucket} '
                                f'(proxy {"on" if use_proxy else "off"})')
+
+    def _now(self) -> float:
+        """ROS time [s] for ledger and audit entries (sim time under replay)."""
+        return self.get_clock().now().nanoseconds / 1e9
+
+    def _refuse_secret_parameters(self) -> None:
+        """Exit 2 on a secret given as a parameter value (YAML or ``-p``), declared or not:
+        anyone on the DDS domain can read parameters, and YAML files get copied around."""
+        for name in self._parameter_overrides:
+            low = name.lower()
+            if any(w in low for w in SECRET_WORDS) and not low.endswith('_file'):
+                raise ParameterError(
+                    f'parameter {self.get_name()}.{name}: secrets are never parameters; put '
+                    'the keys in a file only its owner can read (chmod 600) and give its '
+                    'path in uploader.credentials_file, or use the AWS credential chain '
+                    '(environment, ~/.aws, instance role)')
 
     def _declare_proxy(self) -> str:
         """``proxy``: true, false or 'auto' (on for s3://, off for file://)."""
@@ -138,7 +199,8 @@ class UploaderNode(Node):
                 self._log.error(f'quarantined {text}')
             else:
                 (self._log.error if e.kind == 'error' else self._log.warning)(text)
-        elif e.kind in ('verified', 'deleted', 'yield', 'proxy_ready', 'released', 'requeued'):
+        elif e.kind in ('verified', 'deleted', 'yield', 'proxy_ready', 'released', 'requeued',
+                        'info'):
             self._log.info(f'{e.kind} {text}')
 
     def _publish(self) -> None:

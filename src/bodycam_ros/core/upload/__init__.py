@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bodycam_ros.core.upload.backends import (S3_MIN_PART, Backend, BucketURL, FileBackend,
-                                              RemoteObject, S3Backend, open_backend,
-                                              parse_bucket_url)
+from bodycam_ros.core.upload.backends import (LOCK_CHOICES, S3_MIN_PART, SSE_CHOICES, Backend,
+                                              BucketURL, FileBackend, RemoteObject, S3Backend,
+                                              check_endpoint, open_backend, parse_bucket_url,
+                                              read_credentials_file)
 from bodycam_ros.core.upload.errors import (BucketMissingError, Cancelled, CredentialsError,
                                             EvidenceRejected, LocalError, TransientError,
                                             UploadError, UploadGone, VerifyError)
@@ -27,6 +28,7 @@ from bodycam_ros.core.upload.queue import (RECORD, Incident, Reason, SpoolError,
                                            atomic_write_json, is_verified, read_incident,
                                            read_record, scan_spool)
 from bodycam_ros.core.upload.throttle import Backoff, RateLimiter, RateMeter, ThrottledReader
+from bodycam_ros.core.upload.trail import LedgerIndex, Signer, Trail, put_bytes
 from bodycam_ros.core.upload.uploader import (DrainResult, UploadConfig, UploadEvent,
                                               Uploader, UploadStatus)
 
@@ -43,28 +45,37 @@ def create_uploader(bucket: str, evidence_dir: Path, *, proxy: bool | None = Non
                     s3_options: dict[str, Any] | None = None,
                     on_event: Callable[[UploadEvent], None] | None = None,
                     disk_free: Callable[[Path], int] | None = None,
+                    signer: Signer | None = None,
+                    clock: Callable[[], float] | None = None,
                     **config: Any) -> Uploader:
     """An :class:`Uploader` for a bucket URL.
 
     Args:
         proxy: None picks :func:`proxy_default` for the bucket.
-        s3_options: ``S3Backend`` keywords (endpoint_url, region, credentials, profile).
+        s3_options: ``S3Backend`` keywords (endpoint_url, region, profile, credentials_file,
+            sse, kms_key_id, object_lock_mode, object_lock_days, allow_insecure_http).
         disk_free: how free bytes are measured for pruning (the filesystem by default).
-        config: further :class:`UploadConfig` fields.
+        signer: the device key, instead of opening ``config['key_dir']``.
+        clock: the time ledger and audit entries carry as ``ros_time`` (default wall time).
+        config: further :class:`UploadConfig` fields (key_dir, device_id, ...).
 
     Raises:
-        ValueError: a malformed bucket URL or configuration.
+        ValueError: a malformed bucket URL or configuration (plain http:// without
+            allow_insecure_http, a credentials file readable by others, ...).
     """
     parsed = parse_bucket_url(bucket)
     options = (s3_options or {}) if parsed.scheme == 's3' else {}
     backend, prefix = open_backend(parsed, **options)
     cfg = UploadConfig(evidence_dir=Path(evidence_dir),
                        proxy=proxy_default(parsed) if proxy is None else proxy, **config)
-    return Uploader(backend, cfg, prefix, on_event=on_event, disk_free=disk_free)
+    return Uploader(backend, cfg, prefix, on_event=on_event, disk_free=disk_free, signer=signer,
+                    **({'clock': clock} if clock is not None else {}))
 
 
 __all__ = [
-    'DEFAULT_BUCKET', 'RECORD', 'S3_MIN_PART', 'Backend', 'Backoff', 'BucketMissingError',
+    'DEFAULT_BUCKET', 'LOCK_CHOICES', 'LedgerIndex', 'RECORD', 'S3_MIN_PART', 'SSE_CHOICES',
+    'Signer', 'Trail', 'check_endpoint', 'put_bytes', 'read_credentials_file', 'Backend',
+    'Backoff', 'BucketMissingError',
     'BucketURL', 'Cancelled', 'CredentialsError', 'DrainResult', 'EvidenceRejected',
     'FileBackend', 'FileDigest', 'Incident', 'LocalError', 'ProxyError', 'ProxyInfo',
     'PruneConfig', 'PruneResult', 'Pruner', 'QUARANTINE_DIR', 'Quarantine',

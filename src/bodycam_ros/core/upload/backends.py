@@ -7,11 +7,14 @@ works with AWS S3, MinIO and Ceph RGW (``endpoint_url``).
 from __future__ import annotations
 
 import base64
+import configparser
 import hashlib
 import os
+import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
@@ -26,6 +29,12 @@ MiB = 1024 * 1024
 #: S3's smallest part (all but the last); MinIO and Ceph enforce it too.
 S3_MIN_PART = 5 * MiB
 S3_MAX_PARTS = 10_000
+#: Server-side encryption requested on every PUT and multipart upload (``s3_sse``):
+#: SSE-S3 (AES256), SSE-KMS (aws:kms, with ``s3_kms_key_id``), or none for a store that
+#: cannot (MinIO without a KMS rejects SSE headers).
+SSE_CHOICES = ('AES256', 'aws:kms', 'none')
+#: Object Lock retention put on every object where the bucket has Object Lock enabled.
+LOCK_CHOICES = ('governance', 'compliance', 'off')
 
 
 @dataclass(frozen=True)
@@ -58,8 +67,8 @@ def parse_bucket_url(url: str) -> BucketURL:
     if parts.scheme != 's3':
         raise ValueError(f'bucket {url!r}: use file://DIR or s3://bucket/prefix')
     if '@' in parts.netloc:
-        raise ValueError('bucket URL must not contain credentials; use access_key_id/'
-                         'secret_access_key or the AWS credential chain')
+        raise ValueError('bucket URL must not contain credentials; use the AWS credential '
+                         'chain or a 0600 credentials_file')
     if not parts.netloc:
         raise ValueError(f'bucket {url!r}: no bucket name')
     if parts.query or parts.fragment:
@@ -96,6 +105,8 @@ class Backend(Protocol):
     supports_multipart: bool
     #: When True, HEAD returns a checksum of the stored bytes the store computed itself.
     computes_sha256: bool
+    #: False when ETags are not MD5s of the bytes (SSE-KMS): they then prove nothing.
+    etag_is_md5: bool
 
     def object_url(self, key: str) -> str: ...
     def check(self) -> str: ...
@@ -127,6 +138,7 @@ class FileBackend:
     """
     supports_multipart = False
     computes_sha256 = True
+    etag_is_md5 = True
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -222,6 +234,55 @@ _TRANSIENT_CODES = {'SlowDown', 'RequestTimeout', 'ServiceUnavailable', 'Interna
 _DIGEST_CODES = {'BadDigest', 'InvalidDigest', 'XAmzContentSHA256Mismatch'}
 
 
+def read_credentials_file(path: Path, profile: str = '') -> tuple[str, str, str]:
+    """(access key id, secret key, session token or '') from an AWS shared-credentials style
+    file (``[default]`` or ``[<profile>]`` with ``aws_access_key_id``,
+    ``aws_secret_access_key``, optional ``aws_session_token``).
+
+    A file readable by group or others is refused: the keys may already have been copied.
+
+    Raises:
+        ValueError: unreadable, mode not 0600/0400, or the profile or a key is missing (the
+            message names the file, never a value from it).
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ValueError(f'credentials_file {str(path)!r}: {exc.strerror}') from None
+    if st.st_mode & 0o077:
+        raise ValueError(f'credentials_file {str(path)!r} has mode {st.st_mode & 0o777:04o}; '
+                         f'it must be 0600 (or 0400): run chmod 600 {path}')
+    cp = configparser.ConfigParser(interpolation=None)
+    try:
+        cp.read_string(path.read_text(), source=str(path))
+    except (OSError, UnicodeDecodeError, configparser.Error) as exc:
+        raise ValueError(f'credentials_file {str(path)!r} is not an AWS credentials file '
+                         f'({type(exc).__name__})') from None
+    section = profile or 'default'
+    if not cp.has_section(section):
+        raise ValueError(f'credentials_file {str(path)!r} has no [{section}] section')
+    sec = cp[section]
+    key, secret = sec.get('aws_access_key_id', '').strip(), \
+        sec.get('aws_secret_access_key', '').strip()
+    if not key or not secret:
+        raise ValueError(f'credentials_file {str(path)!r} [{section}] needs aws_access_key_id '
+                         'and aws_secret_access_key')
+    return key, secret, sec.get('aws_session_token', '').strip()
+
+
+def check_endpoint(endpoint_url: str, allow_insecure_http: bool) -> None:
+    """Refuse a plain-http endpoint unless asked for (tests, a loopback MinIO).
+
+    Raises:
+        ValueError: naming ``allow_insecure_http``.
+    """
+    if endpoint_url.strip().lower().startswith('http://') and not allow_insecure_http:
+        raise ValueError(f'endpoint_url {endpoint_url!r} is plain http://: evidence and '
+                         'request signatures would cross the network unencrypted; use '
+                         'https:// or set allow_insecure_http (tests and loopback only)')
+
+
 class S3Backend:
     """S3-compatible storage through boto3.
 
@@ -231,21 +292,55 @@ class S3Backend:
     bytes an object holds even on stores that ignore checksum headers (moto, older Ceph).
     Retries are the uploader's job (with its back-off), so boto3 makes one attempt.
 
+    Every PUT and multipart upload requests server-side encryption (``sse``); where the
+    bucket has Object Lock enabled (asked in :meth:`check`) each object also gets a retention
+    of ``object_lock_days`` in ``object_lock_mode``, so a later overwrite or delete leaves
+    the locked version in place.
+
     Args:
         endpoint_url: MinIO/Ceph/loopback endpoint; '' for AWS. Path-style addressing then.
-        access_key_id, secret_access_key: optional; otherwise the standard AWS chain
-            (environment, ~/.aws, instance role). Never logged.
+            ``http://`` is refused unless ``allow_insecure_http``.
+        credentials_file: a 0600 AWS credentials file (``profile`` picks the section);
+            otherwise the standard AWS chain (environment, ~/.aws, instance role).
+        access_key_id, secret_access_key, session_token: for library callers only (the node
+            and the CLI never take a secret as a value). Never logged.
     """
     supports_multipart = True
     computes_sha256 = False
 
     def __init__(self, bucket: str, prefix: str = '', *, endpoint_url: str = '',
                  region: str = '', access_key_id: str = '', secret_access_key: str = '',
-                 session_token: str = '', profile: str = '', connect_timeout_s: float = 5.0,
-                 read_timeout_s: float = 30.0) -> None:
+                 session_token: str = '', profile: str = '',
+                 credentials_file: str | Path | None = None, sse: str = 'AES256',
+                 kms_key_id: str = '', object_lock_mode: str = 'governance',
+                 object_lock_days: int = 365, allow_insecure_http: bool = False,
+                 connect_timeout_s: float = 5.0, read_timeout_s: float = 30.0,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         import boto3
         from botocore.config import Config
 
+        check_endpoint(endpoint_url, allow_insecure_http)
+        if sse not in SSE_CHOICES:
+            raise ValueError(f's3_sse {sse!r} is not one of {", ".join(SSE_CHOICES)}')
+        if kms_key_id and sse != 'aws:kms':
+            raise ValueError(f's3_kms_key_id is set but s3_sse is {sse!r}, not aws:kms')
+        if object_lock_mode not in LOCK_CHOICES:
+            raise ValueError(f'object_lock_mode {object_lock_mode!r} is not one of '
+                             f'{", ".join(LOCK_CHOICES)}')
+        if object_lock_mode != 'off' and not 1 <= int(object_lock_days) <= 36500:
+            raise ValueError(f'object_lock_days {object_lock_days!r} out of range 1..36500')
+        if credentials_file:
+            if access_key_id or secret_access_key:
+                raise ValueError('give credentials_file or explicit keys, not both')
+            access_key_id, secret_access_key, session_token = read_credentials_file(
+                Path(credentials_file), profile)
+            profile = ''
+        self.sse, self.kms_key_id = sse, kms_key_id
+        self.etag_is_md5 = sse != 'aws:kms'
+        self.object_lock_mode, self.object_lock_days = object_lock_mode, int(object_lock_days)
+        #: Whether the bucket has Object Lock enabled (None: not asked yet, see check()).
+        self.object_lock_enabled: bool | None = None
+        self._wall = wall_clock
         self.bucket, self.prefix = bucket, prefix.strip('/')
         self.url = str(BucketURL('s3', bucket, self.prefix))
         self._where = f'{self.url} at {endpoint_url}' if endpoint_url else self.url
@@ -289,8 +384,8 @@ class S3Backend:
             if code in _CREDENTIAL_CODES:
                 return CredentialsError(
                     f'{self._where}: credentials rejected or access denied on {what} '
-                    f'({detail}); check access_key_id/secret_access_key or the AWS '
-                    'credential chain and the bucket policy')
+                    f'({detail}); check credentials_file or the AWS credential chain and '
+                    'the bucket policy')
             if code in ('NoSuchUpload', 'InvalidPart', 'InvalidPartOrder'):
                 return UploadGone(f'{what}: {detail}')
             if code in _DIGEST_CODES:
@@ -301,8 +396,8 @@ class S3Backend:
             return UploadError(f'{self._where}: {what}: {detail}')
         if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError,
                             bx.CredentialRetrievalError)):
-            return CredentialsError(f'{self._where}: no usable credentials ({exc}); set '
-                                    'access_key_id/secret_access_key or the AWS chain')
+            return CredentialsError(f'{self._where}: no usable credentials ({exc}); give a '
+                                    '0600 credentials_file or use the AWS chain')
         if isinstance(exc, (bx.ParamValidationError, bx.NoRegionError)):
             return UploadError(f'{self._where}: {what}: {exc}')
         if isinstance(exc, (bx.BotoCoreError, OSError)):
@@ -320,20 +415,70 @@ class S3Backend:
 
     # -- operations ----------------------------------------------------------------------
     def check(self) -> str:
-        """Prove the bucket exists and the credentials work; '' or a warning.
+        """Prove the bucket exists and the credentials work, and learn whether it has Object
+        Lock; '' or a warning.
 
         ListObjectsV2 (unlike HeadBucket) returns an error code, so a wrong key and a
         missing bucket give distinct messages. A device policy without s3:ListBucket is
         fine: that AccessDenied is only a warning.
         """
+        warnings = []
         try:
             self._call('ListObjectsV2', self._client.list_objects_v2, Bucket=self.bucket,
                        Prefix=self.prefix, MaxKeys=1)
         except CredentialsError as exc:
             if 'AccessDenied' in str(exc) and 'InvalidAccessKeyId' not in str(exc):
-                return f'{self._where}: cannot list the bucket (AccessDenied); continuing'
-            raise
+                warnings.append(f'{self._where}: cannot list the bucket (AccessDenied); '
+                                'continuing')
+            else:
+                raise
+        warnings.append(self._check_object_lock())
+        if self.sse == 'none':
+            warnings.append(f'{self._where}: s3_sse is none: objects are stored without '
+                            'server-side encryption')
+        return '; '.join(w for w in warnings if w)
+
+    def _check_object_lock(self) -> str:
+        from botocore.exceptions import ClientError
+        if self.object_lock_mode == 'off':
+            self.object_lock_enabled = False
+            return ''
+        try:
+            r = self._client.get_object_lock_configuration(Bucket=self.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get('Error', {}).get('Code', ''))
+            self.object_lock_enabled = False
+            if code == 'ObjectLockConfigurationNotFoundError':
+                return (f'{self._where}: the bucket has no Object Lock: objects get no '
+                        f'retention ({self.object_lock_mode} {self.object_lock_days} d '
+                        'asked); deleting the newest incidents from it cannot be ruled out')
+            mapped = self._error(exc, 'GetObjectLockConfiguration')
+            if isinstance(mapped, (BucketMissingError, TransientError)):
+                raise mapped from None
+            return (f'{self._where}: cannot read its Object Lock configuration ({code}); '
+                    'objects get no retention')
+        except Exception as exc:  # noqa: BLE001 - network: mapped to our kinds
+            mapped = self._error(exc, 'GetObjectLockConfiguration')
+            if mapped is exc:
+                raise
+            raise mapped from None
+        conf = r.get('ObjectLockConfiguration') or {}
+        self.object_lock_enabled = conf.get('ObjectLockEnabled') == 'Enabled'
         return ''
+
+    def _protection(self) -> dict[str, Any]:
+        """SSE and (where the bucket has Object Lock) retention arguments for a new object."""
+        kw: dict[str, Any] = {}
+        if self.sse != 'none':
+            kw['ServerSideEncryption'] = self.sse
+            if self.kms_key_id:
+                kw['SSEKMSKeyId'] = self.kms_key_id
+        if self.object_lock_enabled and self.object_lock_mode != 'off':
+            until = datetime.fromtimestamp(self._wall(), timezone.utc) + \
+                timedelta(days=self.object_lock_days)
+            kw['ObjectLockMode'] = self.object_lock_mode.upper()
+            kw['ObjectLockRetainUntilDate'] = until
+        return kw
 
     def head(self, key: str) -> RemoteObject | None:
         from botocore.exceptions import ClientError
@@ -366,13 +511,14 @@ class S3Backend:
             metadata: Mapping[str, str]) -> str | None:
         r = self._call(f'PutObject {key}', self._client.put_object, Bucket=self.bucket,
                        Key=key, Body=body, ContentLength=size, ContentMD5=md5_b64,
-                       ChecksumSHA256=sha256_b64, Metadata=dict(metadata))
-        return (r.get('ETag') or '').strip('"') or None
+                       ChecksumSHA256=sha256_b64, Metadata=dict(metadata),
+                       **self._protection())
+        return ((r.get('ETag') or '').strip('"') or None) if self.etag_is_md5 else None
 
     def create_multipart(self, key: str, metadata: Mapping[str, str]) -> str:
         r = self._call(f'CreateMultipartUpload {key}', self._client.create_multipart_upload,
                        Bucket=self.bucket, Key=key, Metadata=dict(metadata),
-                       ChecksumAlgorithm='SHA256')
+                       ChecksumAlgorithm='SHA256', **self._protection())
         return str(r['UploadId'])
 
     def upload_part(self, key: str, upload_id: str, number: int, body: BinaryIO, size: int,
@@ -408,7 +554,7 @@ class S3Backend:
                        MultipartUpload={'Parts': [
                            {'PartNumber': n, 'ETag': f'"{etag}"', 'ChecksumSHA256': sha}
                            for n, etag, sha in parts]})
-        return (r.get('ETag') or '').strip('"')
+        return (r.get('ETag') or '').strip('"') if self.etag_is_md5 else ''
 
     def abort_multipart(self, key: str, upload_id: str) -> None:
         try:
@@ -445,5 +591,6 @@ def open_backend(url: str | BucketURL, **s3_options: Any) -> tuple[Backend, str]
     return S3Backend(parsed.bucket, parsed.prefix, **s3_options), parsed.prefix
 
 
-__all__ = ['Backend', 'BucketURL', 'FileBackend', 'RemoteObject', 'RemotePart', 'S3Backend',
-           'S3_MIN_PART', 'key_join', 'open_backend', 'parse_bucket_url', 'safe_component']
+__all__ = ['Backend', 'BucketURL', 'FileBackend', 'LOCK_CHOICES', 'RemoteObject', 'RemotePart',
+           'S3Backend', 'S3_MIN_PART', 'SSE_CHOICES', 'check_endpoint', 'key_join',
+           'open_backend', 'parse_bucket_url', 'read_credentials_file', 'safe_component']

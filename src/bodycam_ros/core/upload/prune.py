@@ -7,7 +7,12 @@ every object of the signed manifest present, its size, SHA-256 (metadata, or the
 themselves for file://) and ETag (MD5 or multipart composite) matching the local bytes, which
 must match the signed manifest. ``upload.json`` only nominates candidates: a forged or stale
 one deletes nothing, and is turned back into "not uploaded" so the incident goes up again.
-The delete itself is :func:`bodycam_ros.core.evidence.prune_incident` (chain link first).
+
+Then the signed ``pruned`` ledger entry with the upload proof is written (``trail``): that line
+is the proof a verifier accepts for the gap, so it goes to disk before anything is deleted, and
+without a device key (or without the incident's seal in the ledger) nothing is deleted at all.
+The delete itself is :func:`bodycam_ros.core.evidence.prune_incident` (chain link first), then
+an ``incident_pruned`` audit line.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from bodycam_ros.core.upload.errors import LocalError, UploadError
 from bodycam_ros.core.upload.multipart import digest_file, verify_remote
 from bodycam_ros.core.upload.queue import (MANIFEST, RECORD, SIGNATURE, Incident, SpoolError,
                                            atomic_write_json, read_incident, read_record)
+from bodycam_ros.core.upload.trail import Trail
 
 
 def dir_size(path: Path) -> int:
@@ -126,15 +132,17 @@ class Pruner:
 
     Args:
         disk_free: how free bytes are measured (the filesystem by default).
-        public_key: the device key signatures are checked with (None: the manifest's).
+        trail: signs the ``pruned`` ledger entry each delete needs; None: never deletes.
     """
 
     def __init__(self, evidence_dir: Path, backend: Backend, bucket_prefix: str,
                  config: PruneConfig, part_size: int,
-                 disk_free: Callable[[Path], int] | None = None) -> None:
+                 disk_free: Callable[[Path], int] | None = None,
+                 trail: Trail | None = None) -> None:
         self.evidence_dir = Path(evidence_dir)
         self.backend, self.bucket_prefix = backend, bucket_prefix
         self.config, self.part_size = config, part_size
+        self.trail = trail
         self._disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
         self._recheck_at: dict[str, float] = {}
         self.deleted_total = 0
@@ -195,23 +203,27 @@ class Pruner:
             for inc, record in list(cands):
                 at = _number(record.get('verified_at'))
                 if at is not None and now - at >= cfg.keep_local_s and \
-                        self._prune(inc, now, result, f'kept {cfg.keep_local_s:g} s after it '
-                                    'verified'):
+                        self._prune(inc, record, now, result, f'kept {cfg.keep_local_s:g} s '
+                                    'after it verified'):
                     cands.remove((inc, record))
         if cfg.min_free_bytes > 0:
             free = self.free_bytes()
-            for inc, _record in cands:
+            for inc, record in cands:
                 if free >= cfg.min_free_bytes:
                     break
-                if self._prune(inc, now, result, f'disk pressure: {free} bytes free < '
+                if self._prune(inc, record, now, result, f'disk pressure: {free} bytes free < '
                                f'min_free_bytes {cfg.min_free_bytes}'):
                     free = self.free_bytes()
             result.free_bytes = free
             result.low_disk = free < cfg.min_free_bytes
         return result
 
-    def _prune(self, inc: Incident, now: float, result: PruneResult, why: str) -> bool:
+    def _prune(self, inc: Incident, record: dict[str, Any], now: float, result: PruneResult,
+               why: str) -> bool:
         name = inc.path.name
+        if self.trail is None or not self.trail.ready():
+            result.kept[name] = 'no device signing key: no prune record can be signed'
+            return False
         if self._recheck_at.get(name, 0.0) > now:
             result.kept.setdefault(name, 'remote copy did not verify; waiting to look again')
             return False
@@ -223,12 +235,18 @@ class Pruner:
                 self._requeue(inc, check.why, now)
                 result.requeued.append(name)
             return False
+        refused = self.trail.before_prune(name, inc.sequence, inc.manifest_digest, record, now)
+        if refused:                               # no signed proof on disk: delete nothing
+            result.kept[name] = refused
+            self._recheck_at[name] = now + self.config.recheck_s
+            return False
         try:
             ev.prune_incident(self.evidence_dir, inc.path, inc.incident_id, inc.sequence,
                               inc.manifest_digest)
         except OSError as exc:
             result.kept[name] = f'cannot delete: {exc}'
             return False
+        self.trail.after_prune(name, inc.sequence, inc.manifest_digest, record, now, why)
         self._recheck_at.pop(name, None)
         self.deleted_total += 1
         result.deleted.append((name, why))

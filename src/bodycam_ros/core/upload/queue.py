@@ -72,6 +72,8 @@ class Incident:
     sequence: int | None = None
     #: SHA-256 of the manifest bytes (the chain link logged when the incident is pruned).
     manifest_digest: str = ''
+    #: Evidence files are encrypted to the agency (format 2 ``age-v1``): opaque bytes here.
+    encrypted: bool = False
 
     @property
     def urgent(self) -> bool:
@@ -232,6 +234,9 @@ def read_incident(path: Path, public_key: bytes | None = None) -> Incident:
                          Reason.MANIFEST_UNREADABLE) from None
     incident_id = manifest.get('incident_id')
     device_id = manifest.get('device_id')
+    scheme = manifest.get('encryption')
+    encrypted = (isinstance(scheme, dict) and scheme.get('scheme') not in (None, 'none')) or \
+        any(f.name.endswith('.age') for f in files)
     return Incident(
         incident_id=str(incident_id)[:200] if incident_id else path.name,
         path=path,
@@ -243,6 +248,7 @@ def read_incident(path: Path, public_key: bytes | None = None) -> Incident:
         manifest_size=sizes,
         sequence=sequence if type(sequence) is int else None,
         manifest_digest=ev.sha256_bytes(body),
+        encrypted=encrypted,
     )
 
 

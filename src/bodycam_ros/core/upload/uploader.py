@@ -10,7 +10,13 @@ Nothing about one incident can stop the others: before upload its manifest signa
 every file's SHA-256 are checked against the signed manifest, and an incident that fails is
 quarantined (``quarantine``); any other error costs that incident a back-off, not the queue.
 The uploader is also the only pruner (``prune``): it deletes a local incident only after
-asking the bucket, at that moment, whether it holds exactly that incident.
+asking the bucket, at that moment, whether it holds exactly that incident, and after the signed
+``pruned`` ledger entry is on disk. Each verified upload is a signed ``uploaded`` ledger entry;
+the ledger and the audit log go to the bucket after every incident and when a drain ends
+(``trail``). Without the device key it still uploads, but never prunes.
+
+Encrypted incidents (age, ``video.mp4.age``) are opaque bytes listed in the manifest: the
+unit cannot read the video, so no proxy is made for them (said once, not an error).
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ from bodycam_ros.core.upload.quarantine import Quarantine, QuarantineRecord, fin
 from bodycam_ros.core.upload.queue import (RECORD, Incident, Reason, SpoolScan,
                                            atomic_write_json, safe_component, scan_spool)
 from bodycam_ros.core.upload.throttle import Backoff, RateLimiter, RateMeter
+from bodycam_ros.core.upload.trail import Signer, Trail
 
 MiB = 1024 * 1024
 PROXY_NAME = 'proxy.mp4'
@@ -73,6 +80,11 @@ class UploadConfig:
     #: manifests must be signed with. None or absent: ``evidence_dir/keys/`` (format 1
     #: units), else each manifest's own key (proves integrity since sealing, not origin).
     device_key: Path | None = None
+    #: The device key directory (``core.keys``): signs the ledger's uploaded/pruned entries
+    #: and audit lines. None (and no signer given): upload only, never prune.
+    key_dir: Path | None = None
+    #: The unit as registered with the agency ('' = key_dir's device.json, else host name).
+    device_id: str = ''
 
     def __post_init__(self) -> None:
         PruneConfig(self.keep_local_s, self.min_free_bytes, self.max_evidence_bytes)
@@ -154,7 +166,9 @@ class Uploader:
     def __init__(self, backend: Backend, config: UploadConfig, key_prefix: str = '', *,
                  on_event: Callable[[UploadEvent], None] | None = None,
                  rng: random.Random | None = None,
-                 disk_free: Callable[[Path], int] | None = None) -> None:
+                 disk_free: Callable[[Path], int] | None = None,
+                 signer: Signer | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         if backend.supports_multipart and config.part_size < S3_MIN_PART:
             raise ValueError(f'part_size {config.part_size} < {S3_MIN_PART} (S3 minimum)')
         self.backend, self.config, self.key_prefix = backend, config, key_prefix
@@ -182,11 +196,23 @@ class Uploader:
         self._given_up: set[str] = set()
         self._key_cache: tuple[tuple[int, int, str], bytes | None] | None = None
         self._key_warned = False
+        self._clock = clock
+        self.trail = Trail(config.evidence_dir, key_dir=config.key_dir, signer=signer,
+                           device_id=config.device_id,
+                           warn=lambda m: self._emit('warning', '', m))
         self._pruner = Pruner(config.evidence_dir, backend, key_prefix,
                               PruneConfig(config.keep_local_s, config.min_free_bytes,
                                           config.max_evidence_bytes),
-                              config.part_size, disk_free)
+                              config.part_size, disk_free, trail=self.trail)
         self._next_prune = 0.0
+        self._proxy_skip_said = False
+        #: Verified incidents whose ``uploaded`` ledger entry is not written yet.
+        self._unlogged: dict[str, tuple[Path, dict[str, Any]]] = {}
+        self._heal_stamp: tuple[int, int, int] | None = None
+        #: What the last put of the ledger/audit log said ('' = in the bucket).
+        self.trail_error = ''
+        if self.config.keep_local_s >= 0 or self.config.min_free_bytes > 0:
+            self.trail.ready()             # say now (once) if nothing will ever be pruned
 
     # ------------------------------------------------------------------ public
     def status(self) -> UploadStatus:
@@ -235,6 +261,7 @@ class Uploader:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
             self._thread = None
+        self.publish_trail()
         self._set(state='stopped')
 
     def request_stop(self) -> None:
@@ -256,6 +283,8 @@ class Uploader:
         deadline = time.monotonic() + timeout_s if timeout_s else None
         result = self._loop(until_empty=True, fail_fast=fail_fast, max_failures=max_failures,
                             deadline=deadline)
+        if self.publish_trail() and not result.error:
+            result.error = f'ledger/audit log not in the bucket: {self.trail_error}'
         spool = self.config.evidence_dir / 'spool'
         result.quarantined = {r.incident: f'{r.reason}: {r.message}'
                               for r in self._quarantine.current(spool)}
@@ -480,6 +509,8 @@ class Uploader:
             'manifest_sha256': inc.manifest_digest,
             'signature_key': 'device' if self._public_key() is not None else 'manifest',
             'verified_at': verified_at,
+            'sequence': inc.sequence,
+            'encrypted': inc.encrypted,
         }
         atomic_write_json(inc.path / RECORD, record)
         state.clear()
@@ -498,8 +529,42 @@ class Uploader:
             self._current_done = 0
         self._emit('verified', inc.incident_id, f'{len(record_objects)} objects verified '
                    f'under {self.backend.object_url(prefix)}/')
+        if not self.trail.uploaded(inc.path.name, inc.sequence, inc.manifest_digest, record,
+                                   self._clock()):
+            self._unlogged[inc.path.name] = (inc.path, record)    # its seal comes later
         self._maybe_prune(force=True)
+        self.publish_trail()
         return record
+
+    def _heal(self) -> None:
+        """Log ``uploaded`` for verified incidents still waiting for it (their seal reached
+        the ledger after the upload, or a crash came between), when the ledger changed."""
+        if not self._unlogged or not self.trail.ready():
+            return
+        try:
+            st = self.trail.ledger.path.stat()      # type: ignore[union-attr]
+            stamp = (st.st_size, st.st_mtime_ns, len(self._unlogged))
+        except OSError:
+            stamp = None
+        if stamp is not None and stamp == self._heal_stamp:
+            return
+        self._heal_stamp = stamp
+        waiting = {n: v for n, v in self._unlogged.items() if v[0].is_dir()}
+        logged = self.trail.heal(waiting, self._clock())
+        self._unlogged = {n: v for n, v in waiting.items() if n not in logged}
+        if logged:
+            self.publish_trail()
+
+    def publish_trail(self) -> bool:
+        """Put the ledger and audit log to the bucket if they changed; True when that
+        failed (``trail_error`` says why; the next call tries again)."""
+        try:
+            self.trail_error = self.trail.publish(self.backend, self.key_prefix)
+        except OSError as exc:
+            self.trail_error = f'local: {exc}'
+        if self.trail_error:
+            self._emit('warning', '', f'ledger/audit log not uploaded: {self.trail_error}')
+        return bool(self.trail_error)
 
     # ------------------------------------------------------------------ helpers
     def _work_dir(self, inc: Incident) -> Path:
@@ -508,7 +573,12 @@ class Uploader:
     def _proxy_job(self, inc: Incident, work: Path) -> ProxyJob | None:
         """The incident's transcode, started once (kept across attempts and pre-emptions)."""
         names = {f.name for f in inc.files}
-        if not self.config.proxy or VIDEO_NAME not in names or PROXY_NAME in names:
+        if self.config.proxy and inc.encrypted and not self._proxy_skip_said:
+            self._proxy_skip_said = True
+            self._emit('info', inc.incident_id, 'no proxy for encrypted incidents: the video '
+                       'is encrypted to the agency and this unit cannot read it')
+        if not self.config.proxy or inc.encrypted or VIDEO_NAME not in names or \
+                PROXY_NAME in names:
             return None
         job = self._proxy_jobs.get(inc.path.name)
         if job is None or (job.done and job.error == 'cancelled'):
@@ -632,6 +702,9 @@ class Uploader:
 
     def _scan(self) -> SpoolScan:
         scan = self._scan_spool()
+        spool = self.config.evidence_dir / 'spool'
+        self._unlogged.update({n: (spool / n, r) for n, r in scan.verified.items()})
+        self._heal()
         self._verified_ids.update(scan.verified)
         for name, exc in scan.invalid.items():
             self._quarantine_incident(name, self.config.evidence_dir / 'spool' / name,
@@ -654,14 +727,16 @@ class Uploader:
             return None
         self._next_prune = now + self.config.prune_check_s
         try:
-            result = self._pruner.run(time.time(), self._public_key())
+            result = self._pruner.run(self._clock(), self._public_key())
         except OSError as exc:
             self._emit('warning', '', f'prune pass failed: {exc}')
             return None
         for name, why in result.deleted:
             self._verified_ids.discard(name)
             self._emit('deleted', name, f'local copy deleted ({why}); the bucket copy '
-                       'verified just before')
+                       'verified just before and the signed prune record was logged first')
+        if result.deleted:
+            self.publish_trail()
         for name in result.requeued:
             self._verified_ids.discard(name)
             self._emit('requeued', name, f'upload.json said verified but the bucket does not '
