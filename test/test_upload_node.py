@@ -14,7 +14,7 @@ from rclpy.parameter import Parameter
 from bodycam_ros.nodes.uploader_node import UploaderNode
 from bodycam_ros.rosutil import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
 from conftest import spin_until
-from s3util import ACCESS_KEY, REGION, SECRET_KEY, S3Server, wait_for
+from s3util import REGION, SECRET_KEY, S3Server, credentials_file, wait_for
 from spoolutil import DEVICE, incident_files, make_incident
 
 
@@ -107,9 +107,10 @@ def test_node_reports_a_missing_bucket_as_error_and_keeps_evidence(s3, ctx, exec
     ev = tmp_path / 'evidence'
     inc = make_incident(ev, 'inc-1')
     before = incident_files(inc)
+    creds = credentials_file(tmp_path / 'aws_credentials')
     executor.add_node(node_with(ctx, evidence_dir=str(ev), bucket='s3://missing-bucket',
-                                endpoint_url=s3.url, region=REGION, access_key_id=ACCESS_KEY,
-                                secret_access_key=SECRET_KEY, part_size=5 * 1024 * 1024))
+                                endpoint_url=s3.url, region=REGION, allow_insecure_http=True,
+                                credentials_file=str(creds), part_size=5 * 1024 * 1024))
     probe = Node('probe', context=ctx)
     executor.add_node(probe)
     status: list[DiagnosticStatus] = []
