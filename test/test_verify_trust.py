@@ -176,7 +176,7 @@ def test_attack_keys_deleted_and_one_incident_resigned_with_another_key(u: Path)
     a, b, c = ids(u)
     spool = u / 'ev' / 'spool'
     stranger = other_key(u / 'stranger')
-    resign(spool / c, stranger)
+    ev.ChainHead(resign(spool / c, stranger), 3, c).write(u / 'ev' / ev.CHAIN_HEAD)
     code, _, err = verify(u / 'ev', '--trust', str(u / 'agency'))
     assert failed_naming(code, err, c, 'not registered', 'keys mixed in one chain'), err
     # The other key registered in the same agency, but to another device: still mixed.
