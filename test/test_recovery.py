@@ -52,8 +52,12 @@ def manifest(path: Path) -> dict:
 
 
 def verify_cli(path: Path) -> int:
-    return subprocess.run([sys.executable, '-m', 'bodycam_ros.cli', 'verify', '--compact',
-                           str(path)], capture_output=True, cwd=ROOT, timeout=60).returncode
+    """0 when the CLI finds the evidence intact. These incidents carry a legacy in-evidence
+    key and no trust store, so verify itself exits 1 saying trusted: false (never ok)."""
+    r = subprocess.run([sys.executable, '-m', 'bodycam_ros.cli', 'verify', '--json',
+                        '--compact', str(path)], capture_output=True, cwd=ROOT, timeout=60)
+    out = json.loads(r.stdout) if r.stdout.strip() else {}
+    return 0 if r.returncode == 1 and out.get('integrity_ok') and not out['trusted'] else 1
 
 
 def test_two_crash_left_incidents_the_first_with_a_damaged_moov_are_both_recovered(
