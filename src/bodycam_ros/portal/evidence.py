@@ -94,6 +94,9 @@ class EvidenceCache:
             os.replace(part, target)
             return
         from bodycam_ros.core.encryption import AgeError, decrypt
+        if _sha256(src) != entry.get('sha256'):       # say "altered" before "undecryptable"
+            raise PlaybackError(f'{stored}: ciphertext SHA-256 does not match the signed '
+                                'manifest (altered in the bucket)')
         try:
             with open(part, 'wb') as f:
                 res = decrypt(src, self.identity(), f)
