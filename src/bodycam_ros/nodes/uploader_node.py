@@ -195,10 +195,13 @@ class UploaderNode(Node):
             if now - self._last_log.get(text, -1e9) < 30.0:
                 return
             self._last_log[text] = now
+            # One call site per severity: rclpy refuses a site whose severity changes.
             if e.kind == 'quarantined':
                 self._log.error(f'quarantined {text}')
+            elif e.kind == 'error':
+                self._log.error(text)
             else:
-                (self._log.error if e.kind == 'error' else self._log.warning)(text)
+                self._log.warning(text)
         elif e.kind in ('verified', 'deleted', 'yield', 'proxy_ready', 'released', 'requeued',
                         'info'):
             self._log.info(f'{e.kind} {text}')
