@@ -232,3 +232,13 @@ def test_ros2_launch_runs_the_unit_and_ctrl_c_stops_every_node_cleanly(ros2, tmp
                             capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert json.loads((sealed / 'upload.json').read_text())['verified'] is True
+
+
+def test_launch_arguments_match_bodycam_run(ros2):
+    """The arguments a field unit's service sets, as ``ros2 launch --show-args`` lists them."""
+    for launch_file in ('sim.launch.py', 'bodycam.launch.py'):
+        shown = ros2('ros2', 'launch', 'bodycam_ros', launch_file, '--show-args')
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        declared = set(re.findall(r"^\s*'(\w+)':", shown.stdout, re.M))
+        assert {'params_file', 'namespace', 'scenario', 'scenario_start', 'use_respawn',
+                'log_level', 'sigterm_timeout'} <= declared, shown.stdout
