@@ -95,7 +95,8 @@ class Trail:
                 why = f'key_dir {self.key_dir}: {exc}'
         if signer is None:
             self._warn(f'no device signing key ({why}): uploading, but writing no ledger or '
-                       'audit entries and never pruning (no proof could be written)')
+                       'audit entries and never pruning while there is none (no proof could '
+                       'be written)')
             return False
         device_id = self._device_id or str(info.get('device_id') or '') or \
             socket.gethostname()
