@@ -135,6 +135,7 @@ def _params_of(ros2, nodes: list[str], name: str) -> dict[str, str]:
             for n, p in procs.items()}
 
 
+@pytest.mark.slow
 def test_ros2_launch_runs_the_unit_and_ctrl_c_stops_every_node_cleanly(ros2, tmp_path: Path):
     params = _params(tmp_path)
     log_path = tmp_path / 'launch.log'
