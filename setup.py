@@ -12,7 +12,7 @@ setup(
     version='0.1.0',
     package_dir={'': 'src'},
     packages=find_packages('src'),
-    package_data={PACKAGE: ['web/*']},
+    package_data={PACKAGE: ['web/*', 'portal/web/*']},
     data_files=[
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml']),
