@@ -289,38 +289,43 @@ class Portal:
         return JSONResponse(self.list_incidents(request.query_params))
 
     def list_incidents(self, q: Any) -> dict[str, Any]:
+        """One page, newest first. The filters run on one table (``incident_reasons`` when a
+        reason is asked, which repeats unit, officer and verified) in index order; only the
+        page's ids then join the wide rows (a deferred join: a deep OFFSET walks an index, not
+        the table)."""
         conds, params = [], []
-        join = ''
-        col = 'i.sort_time'
+        table = 'incidents'
         if q.get('reason'):
-            join = ' JOIN incident_reasons r ON r.incident_id = i.incident_id'
-            conds.append('r.reason = ?')
+            table = 'incident_reasons'
+            conds.append('x.reason = ?')
             params.append(q['reason'])
-            col = 'r.sort_time'
         for arg, column in (('unit', 'device_id'), ('officer', 'officer_id')):
             if q.get(arg):
-                conds.append(f'i.{column} = ?')
+                conds.append(f'x.{column} = ?')
                 params.append(q[arg])
         if q.get('date_from'):
-            conds.append(f'{col} >= ?')
+            conds.append('x.sort_time >= ?')
             params.append(_time_arg(q['date_from'], 'date_from', False))
         if q.get('date_to'):
-            conds.append(f'{col} < ?')
+            conds.append('x.sort_time < ?')
             params.append(_time_arg(q['date_to'], 'date_to', True))
         if q.get('verified'):
             v = q['verified'].lower()
             if v not in ('true', 'false', '1', '0'):
                 raise ApiError(400, f'verified={q["verified"]!r}: true or false expected')
-            conds.append('i.verified = ?')
+            conds.append('x.verified = ?')
             params.append(int(v in ('true', '1')))
         page = _int_arg(q, 'page', 1, 1, 10_000_000)
         per_page = _int_arg(q, 'per_page', 50, 1, 500)
         where = (' WHERE ' + ' AND '.join(conds)) if conds else ''
-        total = self.db.one(f'SELECT COUNT(*) FROM incidents i{join}{where}', params)
+        total = self.db.one(f'SELECT COUNT(*) FROM {table} x{where}', params)
         cols = ', '.join(f'i.{c.strip()}' for c in _ITEM_COLUMNS.split(','))
-        rows = self.db.query(f'SELECT {cols} FROM incidents i{join}{where} '
-                             f'ORDER BY {col} DESC, i.incident_id DESC LIMIT ? OFFSET ?',
-                             [*params, per_page, (page - 1) * per_page])
+        rows = self.db.query(
+            f'SELECT {cols} FROM incidents i WHERE i.incident_id IN ('
+            f'SELECT x.incident_id FROM {table} x{where} '
+            f'ORDER BY x.sort_time DESC, x.incident_id DESC LIMIT ? OFFSET ?) '
+            'ORDER BY i.sort_time DESC, i.incident_id DESC',
+            [*params, per_page, (page - 1) * per_page])
         return {'items': [self._item(r) for r in rows], 'total': int(total[0]), 'page': page,
                 'per_page': per_page}
 

@@ -39,14 +39,22 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             has_proxy INTEGER NOT NULL, present INTEGER NOT NULL, verified INTEGER NOT NULL,
             problems TEXT NOT NULL, verification TEXT NOT NULL, indexed_at {real} NOT NULL,
             checked_at {real} NOT NULL)""",
+        # Every list filter has an index ending in (sort_time, incident_id): the page is read
+        # in index order and stops at LIMIT; the reason table repeats the other filter
+        # columns so a reason search never touches the wide incidents table until its page.
         'CREATE INDEX incidents_time ON incidents (sort_time, incident_id)',
-        'CREATE INDEX incidents_device ON incidents (device_id, sort_time)',
-        'CREATE INDEX incidents_officer ON incidents (officer_id, sort_time)',
-        'CREATE INDEX incidents_verified ON incidents (verified, sort_time)',
+        'CREATE INDEX incidents_device ON incidents (device_id, sort_time, incident_id)',
+        'CREATE INDEX incidents_officer ON incidents (officer_id, sort_time, incident_id)',
+        'CREATE INDEX incidents_verified ON incidents (verified, sort_time, incident_id)',
         """CREATE TABLE incident_reasons (
             incident_id TEXT NOT NULL, reason TEXT NOT NULL, sort_time {real} NOT NULL,
+            device_id TEXT NOT NULL, officer_id TEXT NOT NULL, verified INTEGER NOT NULL,
             PRIMARY KEY (incident_id, reason))""",
-        'CREATE INDEX incident_reasons_reason ON incident_reasons (reason, sort_time)',
+        'CREATE INDEX incident_reasons_time ON incident_reasons (reason, sort_time, incident_id)',
+        'CREATE INDEX incident_reasons_device ON incident_reasons '
+        '(reason, device_id, sort_time, incident_id)',
+        'CREATE INDEX incident_reasons_officer ON incident_reasons '
+        '(reason, officer_id, sort_time, incident_id)',
         """CREATE TABLE devices (
             device_id TEXT PRIMARY KEY, witness_seq BIGINT, witness_sha256 TEXT,
             max_sequence BIGINT, ledger_ok INTEGER NOT NULL, problems TEXT NOT NULL,

@@ -216,6 +216,8 @@ class Indexer:
                 self.db.execute('UPDATE incidents SET present = 0, verified = 0, problems = ?, '
                                 'verification = ?, checked_at = ? WHERE incident_id = ?',
                                 (json.dumps(problems), json.dumps(verification), now, r[0]))
+                self.db.execute('UPDATE incident_reasons SET verified = 0 WHERE incident_id = ?',
+                                (r[0],))
             head = rep.ledger.head
             wseq, wsha = (witness.seq, witness.sha256) if witness else (None, None)
             if rep.ok and head is not None and (witness is None or head.seq >= witness.seq):
@@ -395,11 +397,14 @@ def sha256_object(bucket: Bucket, key: str) -> str:
 
 def upsert_incident(db: Database, row: tuple[Any, ...]) -> None:
     """Insert or replace one incident row and its reasons (within the caller's transaction)."""
-    iid, reasons, sort_time = row[0], row[9], row[6]
+    iid, dev, officer, reasons, sort_time, verified = row[0], row[1], row[2], row[9], \
+        row[6], row[15]
     db.execute('DELETE FROM incidents WHERE incident_id = ?', (iid,))
     db.execute('DELETE FROM incident_reasons WHERE incident_id = ?', (iid,))
     db.execute(f'INSERT INTO incidents ({_INCIDENT_COLUMNS}) VALUES '
                f'({", ".join("?" * 20)})', row)
     if reasons:
-        db.executemany('INSERT INTO incident_reasons (incident_id, reason, sort_time) '
-                       'VALUES (?, ?, ?)', [(iid, r, sort_time) for r in reasons.split(',')])
+        db.executemany('INSERT INTO incident_reasons (incident_id, reason, sort_time, '
+                       'device_id, officer_id, verified) VALUES (?, ?, ?, ?, ?, ?)',
+                       [(iid, r, sort_time, dev, officer, verified)
+                        for r in reasons.split(',')])
