@@ -19,6 +19,7 @@ COMMANDS = {
     'provision': "create this unit's signing key (key directory or PKCS#11 token)",
     'audit': "check a unit's signed audit log: audit verify PATH --trust DIR",
     'portal': 'the agency web portal: index, verify, play, export and audit incidents',
+    'report': 'one incident as a self-contained offline HTML page (video, timeline, plots)',
 }
 
 

@@ -34,7 +34,7 @@ async function load() {
   const c = d.chain || {};
   $('chain').replaceChildren(Portal.el('span', { class: 'badge ' + (c.ok ? 'ok' : 'bad'),
     title: (c.problems || []).join('\n') },
-  c.ok ? `✓ hash chain intact (${c.rows} rows)` : `✗ hash chain BROKEN: ${(c.problems || [])[0]}`));
+  c.ok ? `✓ hash chain intact at the last full check (${c.rows} rows)` : `✗ hash chain BROKEN: ${(c.problems || [])[0]}`));
   document.body.dataset.ready = '1';
 }
 

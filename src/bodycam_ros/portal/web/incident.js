@@ -377,6 +377,7 @@ async function portalVideo(d, me) {
       : 'the browser could not play it';
     $('video-source').textContent = `video refused: ${msg}`;
     $('video-source').classList.add('error');
+    v.classList.add('hidden');
   });
   if (d.links.proxy) {
     setVideo(d.links.proxy, '360p proxy (the full clip is being decrypted…)');
