@@ -28,7 +28,8 @@ def test_run_brings_up_every_node_at_its_rate(start_process, tmp_path: Path):
                         '--evidence-dir', str(tmp_path / 'evidence'),
                         '--bucket', f'file://{tmp_path / "bucket"}',
                         '--key-dir', str(tmp_path / 'keys'), '--agency', str(tmp_path / 'agency'),
-                        '--log-dir', str(tmp_path / 'logs'))
+                        '--log-dir', str(tmp_path / 'logs'),
+                        '--portal-state', str(tmp_path / 'portal'), '--portal-port', '0')
     assert run.proc.wait(90) == 0, run.output()
     out = run.output()
     for name in bringup.NODES:
@@ -50,6 +51,10 @@ def test_run_brings_up_every_node_at_its_rate(start_process, tmp_path: Path):
     assert (tmp_path / 'evidence' / 'ledger.jsonl').is_file()
     logs = list((tmp_path / 'logs').glob('*.log'))
     assert {p.stem for p in logs} == set(bringup.NODES)
+    # The local portal (issue 12): its URL and first admin password, a child stopped cleanly.
+    assert re.search(r'^portal: http://127\.0\.0\.1:\d+/$', out, re.M), out
+    assert re.search(r'^portal: admin password: \S{12,}$', out, re.M), out
+    assert (tmp_path / 'portal' / 'portal.db').is_file()
 
 
 def test_overrides_win_over_the_config_file(tmp_path: Path):

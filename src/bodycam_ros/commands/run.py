@@ -37,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         'unit)')
     p.add_argument('--key-dir', type=Path, default=Path('var/keys'), metavar='DIR',
                    help='the device signing key (created on first use; default var/keys)')
+    p.add_argument('--no-portal', action='store_true',
+                   help='do not start the local agency portal next to the graph')
+    p.add_argument('--portal-port', type=int, default=8443, metavar='PORT',
+                   help='local portal port (default 8443; 0 picks a free one)')
+    p.add_argument('--portal-state', type=Path, default=Path('var/portal'), metavar='DIR',
+                   help='local portal database and decrypted cache (default var/portal)')
 
 
 def embedded_trust(agency: Path, key_dir: Path, params: Path,
@@ -142,6 +148,12 @@ def main(args: argparse.Namespace) -> int:
         except (TokenError, OSError) as exc:
             print(f'live view: unavailable ({exc})', flush=True)
     sup.start()
+    portal = None
+    if not args.no_portal and 'uploader' in names:
+        from bodycam_ros import local_portal
+        portal, portal_note = local_portal.start(args.bucket, params, args.agency,
+                                                 args.portal_state, args.portal_port, log_dir)
+        print(portal_note, flush=True)
 
     from bodycam_ros.monitor import Monitor
     import rclpy
@@ -160,7 +172,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         while deadline is None or time.monotonic() < deadline:
             rclpy.spin_once(monitor, timeout_sec=0.1)
-            for line in monitor.take_events() + sup.poll():
+            for line in monitor.take_events() + sup.poll() + (portal.poll() if portal else []):
                 print(('\r\033[K' if tty else '') + line, flush=True)
             if not args.quiet and time.monotonic() - last_print >= 1.0:
                 last_print = time.monotonic()
@@ -177,6 +189,8 @@ def main(args: argparse.Namespace) -> int:
         print('bodycam: final ' + monitor.status_line(), flush=True)
         print('bodycam: stopping', flush=True)
         codes = sup.stop()
+        if portal is not None:               # last: it may still index the final upload
+            codes['portal'] = portal.stop()
         bad = {n: c for n, c in codes.items() if c not in (0, None)}
         if bad:
             print('bodycam: unclean exits: ' + ', '.join(f'{n}={c}' for n, c in bad.items()))
