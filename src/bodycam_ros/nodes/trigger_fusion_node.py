@@ -12,13 +12,18 @@ position, latched). Serves ``bodycam/start_recording``, ``bodycam/stop_recording
 All decisions are in ``bodycam_ros.core`` (detectors and fusion); the callbacks convert
 messages, feed them in, and publish what comes out. A holster draw is decided and the start
 command published inside the holster callback, so nothing waits for a timer.
+
+Time: everything is ROS time (the node clock, so ``use_sim_time`` with a ``/clock`` drives
+it like a live unit). IMU, fix and velocity samples are timed by their ``header.stamp`` (a
+zero stamp: the node clock at reception); the holster, dispatch, services, staleness and
+the tick by the node clock at reception. Trigger times in commands, ``since`` values and
+alert stamps are therefore ROS time; this node never reads the wall clock.
 """
 from __future__ import annotations
 
 import math
 import socket
 import sys
-import time
 import uuid
 from dataclasses import replace
 
@@ -144,13 +149,14 @@ class TriggerFusionNode(Node):
     # ------------------------------------------------------------------ inputs
 
     def _on_imu(self, msg: Imu) -> None:
-        t = stamp_s(msg.header.stamp) or time.time()
+        now = self._now()
+        t = stamp_s(msg.header.stamp) or now
         a = (msg.linear_acceleration.x, msg.linear_acceleration.y, msg.linear_acceleration.z)
         w = (msg.angular_velocity.x, msg.angular_velocity.y, msg.angular_velocity.z)
         if not all(math.isfinite(v) for v in a):
             self._bad('IMU sample with a non-finite acceleration')
             return
-        self._last_imu = time.time()
+        self._last_imu = now
         if math.sqrt(a[0] ** 2 + a[1] ** 2 + a[2] ** 2) < DEAD_ACCEL_MPS2:
             self._imu_dead_since = self._imu_dead_since or t
             if t - self._imu_dead_since > 1.0:
@@ -166,8 +172,8 @@ class TriggerFusionNode(Node):
             self._step()
 
     def _on_fix(self, msg: NavSatFix) -> None:
-        self._last_fix_rx = time.time()
-        t = stamp_s(msg.header.stamp) or time.time()
+        self._last_fix_rx = now = self._now()
+        t = stamp_s(msg.header.stamp) or now
         fix = Fix(t, msg.latitude, msg.longitude, msg.status.status >= NavSatStatus.STATUS_FIX,
                   horizontal_accuracy_m(list(msg.position_covariance),
                                         msg.position_covariance_type))
@@ -183,19 +189,20 @@ class TriggerFusionNode(Node):
         if not math.isfinite(speed):
             self._bad('GPS velocity not finite')
             return
+        now = self._now()
         good = self._fix_good and self._last_fix_rx is not None and \
-            time.time() - self._last_fix_rx < self._p['gps_stale_s']
-        self._pursuit.update_gps(stamp_s(msg.header.stamp) or time.time(), speed, good)
+            now - self._last_fix_rx < self._p['gps_stale_s']
+        self._pursuit.update_gps(stamp_s(msg.header.stamp) or now, speed, good)
 
     def _on_holster(self, msg: Bool) -> None:
-        self._holster_rx = time.time()
-        if self._weapon.update(time.time(), bool(msg.data)):
+        self._holster_rx = now = self._now()
+        if self._weapon.update(now, bool(msg.data)):
             self._step()
         else:
             self._step(publish_only_changes=True)
 
     def _on_dispatch(self, msg: NavSatFix) -> None:
-        now = time.time()
+        now = self._now()
         try:
             if msg.status.status == NavSatStatus.STATUS_NO_FIX:
                 self._dispatch.clear_destination(now)
@@ -214,6 +221,10 @@ class TriggerFusionNode(Node):
         except MessageError as exc:
             self._bad(f'recorder/status ignored: {exc}')
 
+    def _now(self) -> float:
+        """The node clock (ROS time; sim time under ``use_sim_time``) in seconds."""
+        return self.get_clock().now().nanoseconds * 1e-9
+
     def _bad(self, what: str) -> None:
         self.bad_msgs += 1
         self.get_logger().warning(f'{what} (skipped; {self.bad_msgs} so far)',
@@ -222,14 +233,14 @@ class TriggerFusionNode(Node):
     # ------------------------------------------------------------------ services
 
     def _on_start(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
-        started = self._manual.start(time.time())
+        started = self._manual.start(self._now())
         self._step()
         resp.success = True
         resp.message = 'recording started (manual)' if started else 'already started (manual)'
         return resp
 
     def _on_stop(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
-        now = time.time()
+        now = self._now()
         decision = self._fusion.request_stop(now, self._states())
         resp.success, resp.message = decision.accepted, decision.message
         if decision.accepted:
@@ -243,7 +254,7 @@ class TriggerFusionNode(Node):
         return resp
 
     def _on_cancel(self, _req: Trigger.Request, resp: Trigger.Response) -> Trigger.Response:
-        ev = self._down.cancel(time.time())
+        ev = self._down.cancel(self._now())
         if ev is None:
             resp.success, resp.message = False, 'no officer-down detection or alert open'
         else:
@@ -259,7 +270,7 @@ class TriggerFusionNode(Node):
                 self._pursuit.state(), self._down.state(), self._manual.state()]
 
     def _tick(self) -> None:
-        now = time.time()
+        now = self._now()
         self._flush_held()
         self._weapon.tick(now)
         if self._last_imu is not None and now - self._last_imu > self._p['imu_stale_s']:
@@ -270,7 +281,7 @@ class TriggerFusionNode(Node):
         self._step()
 
     def _step(self, publish_only_changes: bool = False) -> None:
-        now = time.time()
+        now = self._now()
         states = self._states()
         for cmd in self._fusion.observe(states, now):
             self._send(cmd)
@@ -284,7 +295,11 @@ class TriggerFusionNode(Node):
             # A sensor stamp the recorder would refuse (<= 0 from a bad clock): recording
             # matters more than the exact trigger time, so send it with the time now.
             self._bad(f'recorder command trigger time replaced by now: {exc}')
-            wire = encode_command(replace(cmd, trigger_time=time.time()), 'trigger_fusion')
+            try:
+                wire = encode_command(replace(cmd, trigger_time=self._now()), 'trigger_fusion')
+            except MessageError as exc2:   # the node clock itself is 0 (sim, no /clock yet)
+                self._bad(f'recorder command dropped, no valid time: {exc2}')
+                return
         msg = to_status(wire)
         self.get_logger().info(f'recorder {cmd.kind.value}: {cmd.reason.value} ({cmd.message})')
         if self._pub_cmd.get_subscription_count() == 0 or self._held:
@@ -315,7 +330,7 @@ class TriggerFusionNode(Node):
 
     def _publish_triggers(self, states: list[TriggerState] | None = None,
                           force: bool = True) -> None:
-        now = time.time()
+        now = self._now()
         statuses = Fusion.statuses(states or self._states(), self._health(now))
         levels = {s.source: int(s.level) for s in statuses}
         if not force and levels == self._published_levels:
@@ -372,7 +387,7 @@ class TriggerFusionNode(Node):
             wire = encode_alert(alert)
         except MessageError as exc:   # a sensor stamp that is no time: the alert goes anyway
             self._bad(f'officer-down alert stamp replaced by now: {exc}')
-            wire = encode_alert(replace(alert, stamp=time.time()))
+            wire = encode_alert(replace(alert, stamp=self._now()))
         self._pub_alert.publish(to_status(wire))
 
 
