@@ -2,7 +2,10 @@
 
 Each node runs in its own process from the same ``--params-file`` (sections keyed by node
 name), exactly like ``launch/sim.launch.py``: a crash in one cannot take the others down, the
-camera encoder gets a core of its own, and a dead node is restarted with a back-off.
+camera encoder gets a core of its own, and a dead node is restarted with a back-off. With
+``--composed`` several nodes share one process (:mod:`bodycam_ros.composed`): the same
+params file, one Python and one DDS participant's worth of memory instead of several, and
+the supervisor restarts the whole group if it dies.
 """
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ from pathlib import Path
 #: Every node of a unit, in start order (sensors first so the recorder sees data at once).
 NODES = ('camera', 'imu', 'gps', 'holster', 'trigger_fusion', 'recorder', 'uploader',
          'live_view', 'dispatch_bridge')
+#: Nodes started only when asked for: ``portal_link`` needs a portal URL (``--portal``).
+OPTIONAL_NODES = ('portal_link',)
 
 #: A scenario starts this long after the graph is launched, so every node is up at t=0.
 SCENARIO_LEAD_S = 3.0
@@ -40,6 +45,82 @@ def node_argv(name: str, params_files: Sequence[Path], namespace: str = '') -> l
     if namespace:
         argv += ['-r', f'__ns:=/{namespace.strip("/")}']
     return argv
+
+
+#: Names a ``--composed`` spec may use for several nodes at once.
+GROUP_ALIASES = {'sensors': ('camera', 'imu', 'gps', 'holster'), 'fusion': ('trigger_fusion',),
+                 'evidence': ('recorder', 'uploader')}
+
+
+class GroupError(ValueError):
+    """A ``--composed`` spec that names an unknown node or names one twice."""
+
+
+def close_order(names: Sequence[str]) -> list[str]:
+    """``names`` in the order to start and to stop: the recorder after everything that feeds
+    it (it seals what it holds), the uploader last (it drains what was just sealed)."""
+    last = ('recorder', 'uploader')
+    ordered = [n for n in NODES if n in names and n not in last]
+    ordered += [n for n in names if n not in NODES and n not in last]
+    return ordered + [n for n in last if n in names]
+
+
+def parse_groups(spec: str, names: Sequence[str]) -> list[tuple[str, ...]]:
+    """Split the running ``names`` into processes from a ``--composed`` spec.
+
+    ``all`` (or an empty spec) is one process; otherwise comma-separated groups of
+    ``+``-joined node names or aliases (``sensors``, ``fusion``, ``evidence``), and ``rest``
+    for every node no group named, e.g. ``sensors+fusion,recorder+uploader,rest``. A node
+    no group names and no ``rest`` covers runs in its own process. Nodes not in ``names``
+    (not running) are dropped; empty groups vanish.
+
+    Raises:
+        GroupError: an unknown name, or a node in two groups.
+    """
+    spec = spec.strip()
+    if spec in ('', 'all'):
+        return [tuple(close_order(names))]
+    groups: list[list[str]] = []
+    seen: set[str] = set()
+    rest_at: int | None = None
+    for part in spec.split(','):
+        group: list[str] = []
+        for token in filter(None, (t.strip() for t in part.split('+'))):
+            if token == 'rest':
+                rest_at = len(groups)
+                continue
+            members = GROUP_ALIASES.get(token, (token,))
+            for m in members:
+                if m not in NODES:
+                    raise GroupError(f'--composed: unknown node or group {token!r}; known: '
+                                     f'{", ".join(NODES + tuple(GROUP_ALIASES))}, rest, all')
+                if m in seen:
+                    raise GroupError(f'--composed: node {m!r} is in two groups')
+                seen.add(m)
+                group.append(m)
+        groups.append(group)
+    leftover = [n for n in names if n not in seen]
+    if rest_at is not None:
+        groups[rest_at] += leftover
+    else:
+        groups += [[n] for n in leftover]
+    return [tuple(close_order(g)) for g in ([n for n in g if n in names] for g in groups) if g]
+
+
+def group_argv(nodes: Sequence[str], params_files: Sequence[Path],
+               namespace: str = '') -> list[str]:
+    """The command line of one process: a plain node alone, or a composed group."""
+    if len(nodes) == 1:
+        return node_argv(nodes[0], params_files, namespace)
+    argv = node_argv(nodes[0], params_files, namespace)
+    return argv[:2] + ['bodycam_ros.composed', '--nodes', ','.join(nodes)] + argv[3:]
+
+
+def children(names: Sequence[str], params_files: Sequence[Path], namespace: str = '',
+             composed: str | None = None) -> list[Child]:
+    """One :class:`Child` per node (``composed`` None) or per group of a ``--composed`` spec."""
+    groups = [(n,) for n in names] if composed is None else parse_groups(composed, names)
+    return [Child('+'.join(g), group_argv(g, params_files, namespace), nodes=g) for g in groups]
 
 
 def write_overrides(path: Path, overrides: Mapping[str, object],
@@ -64,6 +145,10 @@ class Child:
     proc: subprocess.Popen | None = None
     restarts: list[float] = field(default_factory=list)
     given_up: bool = False
+    nodes: tuple[str, ...] = ()      # the nodes this process runs (default: just ``name``)
+
+    def __post_init__(self) -> None:
+        self.nodes = tuple(self.nodes) or (self.name,)
 
 
 class Supervisor:
@@ -122,9 +207,10 @@ class Supervisor:
     def stop(self, timeout_s: float = 15.0) -> dict[str, int | None]:
         """SIGINT the children in three waves: the rest, then the recorder (it seals what it
         holds), then the uploader (it drains what was just sealed)."""
-        last = ('recorder', 'uploader')
-        waves = [[c for c in self.children if c.name not in last]] + \
-            [[c for c in self.children if c.name == name] for name in last]
+        def wave(child: Child) -> int:   # a composed group stops with its latest node
+            return max(('recorder', 'uploader').index(n) + 1
+                       if n in ('recorder', 'uploader') else 0 for n in child.nodes)
+        waves = [[c for c in self.children if wave(c) == w] for w in range(3)]
         for wave in waves:
             for child in wave:
                 if child.proc is not None and child.proc.poll() is None:

@@ -201,13 +201,26 @@ def run_node(factory: Callable[..., Node], args: list[str] | None = None, *,
     A :class:`ParameterError` from the factory is printed and returns exit code 2, so a bad
     value in a params file fails with a clear message instead of a traceback.
     """
+    return run_nodes([factory], args, multithreaded=multithreaded)
+
+
+def run_nodes(factories: Sequence[Callable[..., Node]], args: list[str] | None = None, *,
+              multithreaded: bool = False) -> int:
+    """:func:`run_node` for several nodes in one process and one executor (composed mode).
+
+    The nodes are built in order and closed in the same order after the stop signal (put the
+    recorder after the sensors and the uploader last: it drains what the recorder sealed);
+    all are destroyed only after every ``close()`` ran. One executor thread serves them all.
+    """
     stop = StopSignals()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    node = None
+    nodes: list[Node] = []
     try:
-        node = factory()
         executor = MultiThreadedExecutor() if multithreaded else SingleThreadedExecutor()
-        executor.add_node(node)
+        for factory in factories:
+            node = factory()
+            nodes.append(node)
+            executor.add_node(node)
         while not stop.requested and rclpy.ok():
             executor.spin_once(timeout_sec=SPIN_POLL_S)
     except ParameterError as exc:
@@ -217,13 +230,21 @@ def run_node(factory: Callable[..., Node], args: list[str] | None = None, *,
         pass
     finally:
         stop.hold()
-        if node is not None:
+        failed: BaseException | None = None
+        for node in nodes:
             if stop.requested:
                 node.get_logger().info(
                     f'{signal.Signals(stop.signum).name}: stopping (further signals ignored)')
             close = getattr(node, 'close', None)
-            if close is not None:
-                close()
+            try:
+                if close is not None:
+                    close()
+            except Exception as exc:  # noqa: BLE001 - the next node (the recorder) still seals
+                node.get_logger().error(f'close failed: {exc!r}')
+                failed = failed or exc
+        for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
+        if failed is not None:
+            raise failed
     return 0

@@ -26,11 +26,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='upload target: file://DIR or s3://bucket/prefix (default file://var/bucket)')
     p.add_argument('--dispatch-webhook', default=None, metavar='URL',
                    help='HTTPS endpoint that receives officer-down and incident events')
+    p.add_argument('--portal', default=None, metavar='URL',
+                   help='the agency portal (https://host:port): start portal_link, which dials '
+                        'out to it (state, alerts, live video on demand, dispatch)')
+    p.add_argument('--portal-ca-file', default='', metavar='FILE',
+                   help="CA bundle that verifies the portal's certificate")
+    p.add_argument('--portal-insecure', action='store_true',
+                   help='accept a plain http:// portal (loopback tests only)')
     p.add_argument('--nodes', default=None,
                    help='comma-separated subset of nodes to run (default: all)')
     p.add_argument('--log-dir', type=Path, default=None,
                    help='node logs go here (default: <ROS_HOME or ~/.ros>/bodycam/<time>)')
     p.add_argument('--quiet', action='store_true', help='no live status line')
+    p.add_argument('--composed', nargs='?', const='all', default=None, metavar='GROUPS',
+                   help='several nodes per process: all (the default with no value) or groups '
+                   'such as sensors+fusion,recorder+uploader,rest')
     p.add_argument('--agency', type=Path, default=Path('var/agency'), metavar='DIR',
                    help='the agency evidence is encrypted to; a demo agency is created here '
                         'on first use (default var/agency; its private keys belong off the '
@@ -92,10 +102,16 @@ def main(args: argparse.Namespace) -> int:
         print(f'error: no config file {params}', file=sys.stderr)
         return 2
     wanted = args.nodes.split(',') if args.nodes else list(bringup.NODES)
-    unknown = sorted(set(wanted) - set(bringup.NODES))
+    known = bringup.NODES + bringup.OPTIONAL_NODES
+    unknown = sorted(set(wanted) - set(known))
     if unknown:
-        print(f'error: unknown node(s) {", ".join(unknown)}; known: {", ".join(bringup.NODES)}',
+        print(f'error: unknown node(s) {", ".join(unknown)}; known: {", ".join(known)}',
               file=sys.stderr)
+        return 2
+    if args.portal and 'portal_link' not in wanted:
+        wanted.append('portal_link')
+    elif 'portal_link' in wanted and not args.portal:
+        print('error: portal_link needs --portal URL', file=sys.stderr)
         return 2
     names = bringup.available_nodes(wanted)
 
@@ -120,7 +136,7 @@ def main(args: argparse.Namespace) -> int:
     if args.dispatch_webhook is not None:
         overrides['dispatch_webhook'] = args.dispatch_webhook
 
-    if 'recorder' in names:
+    if 'recorder' in names or 'portal_link' in names:
         try:
             trust_overrides, trust_note = embedded_trust(args.agency, args.key_dir, params,
                                                          args.evidence_dir)
@@ -135,10 +151,19 @@ def main(args: argparse.Namespace) -> int:
     files = [Path(params)]
     if overrides:
         files.append(bringup.write_overrides(log_dir / 'overrides.yaml', overrides, names))
-    children = [bringup.Child(n, bringup.node_argv(n, files, args.namespace)) for n in names]
+    if 'portal_link' in names:
+        # Its own section only: allow_insecure_http must not reach the uploader or bridge.
+        files.append(bringup.write_overrides(log_dir / 'portal.yaml', {
+            'portal_url': args.portal, 'portal_ca_file': args.portal_ca_file,
+            'allow_insecure_http': bool(args.portal_insecure)}, ['portal_link']))
+    try:
+        children = bringup.children(names, files, args.namespace, args.composed)
+    except bringup.GroupError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
     sup = bringup.Supervisor(children, log_dir=log_dir)
     print(f'bodycam: starting {", ".join(names)} (config {params}, logs {log_dir})', flush=True)
-    if 'recorder' in names and trust_note:
+    if ('recorder' in names or 'portal_link' in names) and trust_note:
         print(trust_note, flush=True)
     if 'live_view' in names:
         # Same token source as the node, so the printed URL works.
@@ -163,6 +188,11 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     monitor = Monitor(namespace=args.namespace)
+    from rclpy.executors import SingleThreadedExecutor
+    executor = SingleThreadedExecutor()      # one executor, not rclpy.spin_once's per call
+    executor.add_node(monitor)
+    from bodycam_ros.sdnotify import ALIVE_S, Watchdog
+    watchdog = Watchdog(lambda: monitor.missing(names, ALIVE_S))   # systemd: Type=notify
     deadline = time.monotonic() + duration if duration else None
     if duration:
         print(f'bodycam: running for {duration:.0f} s', flush=True)
@@ -171,7 +201,8 @@ def main(args: argparse.Namespace) -> int:
     code = 0
     try:
         while deadline is None or time.monotonic() < deadline:
-            rclpy.spin_once(monitor, timeout_sec=0.1)
+            executor.spin_once(timeout_sec=0.1)
+            watchdog.tick()
             for line in monitor.take_events() + sup.poll() + (portal.poll() if portal else []):
                 print(('\r\033[K' if tty else '') + line, flush=True)
             if not args.quiet and time.monotonic() - last_print >= 1.0:
@@ -188,6 +219,7 @@ def main(args: argparse.Namespace) -> int:
             print()
         print('bodycam: final ' + monitor.status_line(), flush=True)
         print('bodycam: stopping', flush=True)
+        watchdog.stopping()
         codes = sup.stop()
         if portal is not None:               # last: it may still index the final upload
             codes['portal'] = portal.stop()
