@@ -29,21 +29,36 @@ Top-level keys (all always present)::
                           an age v1 file (core.encryption) encrypted to that X25519 recipient
                           (the agency's public key); or {"scheme": "none"}: plaintext files,
                           only when the unit was configured with encrypt: false
-    triggers              [{"reason", "time" (UNIX s), "command_id", "received_time" (ROS s)}]
-    stops                 [{"time", "command_id", "received_time"}]
+    clock                 "ros": ROS time came from the system clock, so every ROS time
+                          below is UNIX time; "sim": it came from /clock (use_sim_time: a
+                          replayed bag, Gazebo), so ROS times are the simulation's and the
+                          wall_* fields say when this machine recorded it. Absent in older
+                          manifests: "ros".
+    triggers              [{"reason", "time" (ROS s: when the trigger began, on the
+                          trigger_fusion node clock), "command_id", "received_time" (ROS s:
+                          the recorder's node clock at reception)}]
+    stops                 [{"time" (ROS s: when the stop was decided), "command_id",
+                          "received_time" (ROS s)}]
     pre_event_s, post_event_s
-    start_time, end_time  UNIX s (wall clock) or null; start_iso, end_iso the same as ISO 8601
-    start_ros_time, end_ros_time   the same in ROS time (message stamps)
-    opened_time, sealed_time       UNIX s
+    start_time, end_time  ROS s (the first/last video or sensor stamp) or null; start_iso,
+                          end_iso the same as ISO 8601 (a sim date under "sim")
+    start_ros_time, end_ros_time   the same values (kept for readers of older manifests)
+    wall_start_time, wall_end_time UNIX s (wall clock) of start/end under "sim" (from the
+                          open record's pairing of the two clocks); null under "ros", where
+                          start_time already is wall time
+    opened_time, sealed_time       UNIX s (wall clock: when this machine opened/sealed it)
+    opened_ros_time, sealed_ros_time   the same moments in ROS s
     end_reason            post_roll | shutdown | superseded | recovered
     frame_count           int, or null when unknown (an encrypted clip left by a crash)
     video                 {"present": bool, "frame_count", "keyframes", "width", "height",
-                          "first_stamp", "last_stamp", "codec": "h264",
+                          "first_stamp", "last_stamp" (ROS s: the camera's header stamps),
+                          "codec": "h264",
                           "container": "fragmented mp4"}; unknown values are null; an
                           encrypted crash-left clip adds "frames_synced" (frames muxed at the
                           last sync; last_stamp is that frame's stamp)
     sensors               {"messages": {topic: count}, "skipped_types": {msgtype: count},
-                          "first_stamp", "last_stamp"} ({} / null when unknown: an encrypted
+                          "first_stamp", "last_stamp" (ROS s of reception by the recorder)}
+                          ({} / null when unknown: an encrypted
                           crash-left journal)
     gps_track             {"fixes", "no_fix", "first", "last", "bbox", "distance_m"};
                           {"fixes": null} when unknown

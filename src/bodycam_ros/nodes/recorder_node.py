@@ -16,6 +16,11 @@ in ``agency_recipient_file`` (``encrypt: false`` writes plaintext, with a WARN a
 and in /diagnostics), each seal goes into the signed ledger and the audit log. A ``stop`` is
 refused from any source while ``holster/weapon_drawn`` is true or an officer-down alert on
 ``bodycam/alerts`` is raised (no DDS Security in the wheels' Fast DDS to stop a forger).
+
+Time: the node clock (ROS time; sim time under ``use_sim_time``) times every decision and
+record: trigger times in commands are the sender's ROS time, the look-back is cut on video
+stamps, sensor records carry the ROS time of reception, the post-roll runs on it. Wall time
+is only recorded beside it (``clock`` in the manifest says which: ``ros`` or ``sim``).
 """
 from __future__ import annotations
 
@@ -95,7 +100,9 @@ class RecorderNode(Node):
             pre_event_s=p['pre_event_s'], post_event_s=p['post_event_s'],
             fragment_s=p['fragment_s'], min_free_bytes=p['min_free_bytes'],
             device_id=device_id, officer_id=p['officer_id'],
-            software_version=bodycam_ros.__version__), clock=self._now,
+            software_version=bodycam_ros.__version__,
+            clock='sim' if self.get_parameter('use_sim_time').value else 'ros'),
+            clock=self._now,
             recipients=[decode_recipient(recipient)] if recipient else None,
             recipient=recipient or '', ledger=ledger, audit=audit)
         self._alerts: dict[str, bool] = {}

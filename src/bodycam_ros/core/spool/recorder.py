@@ -11,6 +11,12 @@ quarantines in the audit log (both optional here, always given by the node). A s
 refused, from any source, while the weapon is drawn or an officer-down alert is open
 (:meth:`Recorder.set_guard`): anyone on the DDS domain can publish ``recorder/command`` and
 the wheels' Fast DDS has no DDS Security plugins to stop them.
+
+Time: every decision and record uses ``clock`` (the node's ROS time; sim time under
+``use_sim_time``): trigger and stop times, the post-roll deadline, ledger and audit times.
+``wall_clock`` is read only to record wall time beside it (the open record pairs the two,
+so a manifest made on sim time also says when, on this machine, it was recorded) and to
+date quarantine notes; ``time.monotonic`` only paces the writer thread's disk checks.
 """
 from __future__ import annotations
 
@@ -47,7 +53,7 @@ class Command:
     """A ``recorder/command`` as the node decoded it."""
     kind: str                 # start | stop
     reason: str
-    trigger_time: float       # UNIX s; for a stop, when the trigger ended
+    trigger_time: float       # ROS s (the sender's node clock); for a stop, when it was decided
     command_id: str
     received: float           # node clock (ROS time) at reception, s
 
@@ -62,6 +68,8 @@ class RecorderConfig:
     device_id: str = 'unit'
     officer_id: str = 'unassigned'
     software_version: str = '0'
+    #: What ``clock`` runs on: 'ros' (system clock = UNIX time) or 'sim' (``/clock``).
+    clock: str = 'ros'
 
 
 @dataclass(frozen=True)
@@ -122,12 +130,14 @@ class Recorder:
     def __init__(self, store: EvidenceStore, ring: LookbackRing, key: Any,
                  config: RecorderConfig, clock: Callable[[], float] = time.time, *,
                  recipients: Sequence[Any] | None = None, recipient: str = '',
-                 ledger: Any = None, audit: Any = None) -> None:
-        """``key``: a ``keys.Signer``. ``recipients``: the agency's X25519 public keys (None:
+                 ledger: Any = None, audit: Any = None,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        """``clock``: ROS time (decisions, stamps); ``wall_clock``: UNIX time recorded beside
+        it. ``key``: a ``keys.Signer``. ``recipients``: the agency's X25519 public keys (None:
         plaintext evidence), ``recipient`` their ``age1...`` form for the manifest.
         ``ledger``/``audit``: ``core.ledger.Ledger`` / ``core.audit.AuditLog`` or None."""
         self.store, self.ring, self.key, self.cfg = store, ring, key, config
-        self._clock = clock
+        self._clock, self._wall = clock, wall_clock
         self._recipients = list(recipients) if recipients else None
         self._encryption = {'scheme': ev.SCHEME_AGE, 'recipient': recipient} \
             if self._recipients else {'scheme': ev.SCHEME_NONE}
@@ -254,7 +264,8 @@ class Recorder:
                   'device_id': self.cfg.device_id, 'officer_id': self.cfg.officer_id,
                   'software_version': self.cfg.software_version,
                   'pre_event_s': self.cfg.pre_event_s, 'post_event_s': self.cfg.post_event_s,
-                  'wall_time': time.time(), 'ros_time': cmd.received,
+                  'wall_time': self._wall(), 'ros_time': cmd.received,
+                  'clock': self.cfg.clock,
                   'clip_start': snap.start_t, 'encryption': dict(self._encryption)}
         self._put('open', (self._incident_id, opened, snap, record))
         lookback = (cmd.trigger_time - snap.start_t) if snap.start_t is not None else 0.0
@@ -386,7 +397,8 @@ class Recorder:
 
     def _seal(self, directory: Path, recovered: bool, retry: list[Path]) -> None:
         try:
-            target = seal(self.store, directory, self.key, self._ident, recovered)
+            target = seal(self.store, directory, self.key, self._ident, recovered,
+                          now=self._clock(), wall_now=self._wall())
         except (OSError, ev.EvidenceError) as exc:   # the disk or the store: retried
             self._c.seal_failures += 1
             self._c.disk_error = f'{exc.strerror or exc} (sealing {directory.name})'
@@ -484,7 +496,7 @@ class Recorder:
         """Move a hopeless incident aside, kept whole with its reason; count and report it."""
         self._c.seal_failures += 1
         try:
-            target = self.store.quarantine_incident(directory, 'seal', exc, time.time())
+            target = self.store.quarantine_incident(directory, 'seal', exc, self._wall())
         except OSError as qexc:
             self._c.disk_error = f'{qexc.strerror or qexc} (quarantining {directory.name})'
             self._c.events.append(f'incident {directory.name}: cannot be sealed '

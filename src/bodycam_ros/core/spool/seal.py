@@ -6,6 +6,11 @@ file is sealed exactly as found (``plaintext`` null, ``complete`` false) and the
 repairs after decrypting. Plaintext incidents: recovery never writes the clip a crash left:
 when its tail is torn, the clip is renamed ``video.original.mp4`` (bytes untouched) and the
 complete fragments are copied into a new ``video.mp4``; the manifest hashes both.
+
+Time: the caller passes the seal's ROS and wall times; this module reads no clock. Stamps
+in the lifecycle records are ROS time (the recorder's node clock; sim time under
+``use_sim_time``), the open record pairs ROS and wall time once, and the manifest keeps
+both where they differ (``clock``: ``ros`` or ``sim``; see ``core.evidence``).
 """
 from __future__ import annotations
 
@@ -29,6 +34,10 @@ from bodycam_ros.core.spool.store import EvidenceStore
 from bodycam_ros.core.spool.writer import read_events
 
 
+#: ``clock`` values: ROS time from the system clock (UNIX time), or from ``/clock``.
+CLOCK_ROS, CLOCK_SIM = 'ros', 'sim'
+
+
 class SealError(ValueError):
     """An incident whose records cannot become a manifest (a value no signed JSON can hold)."""
 
@@ -45,7 +54,7 @@ class Identity:
 
 
 def seal(store: EvidenceStore, directory: Path, key: Any, ident: Identity,
-         recovered: bool) -> Path:
+         recovered: bool, *, now: float, wall_now: float) -> Path:
     """Turn ``recording/<id>`` into a signed, chained ``spool/<id>``; return the new path.
 
     Steps, each safe to repeat after a crash: (0) read the lifecycle records (a bad one
@@ -53,6 +62,7 @@ def seal(store: EvidenceStore, directory: Path, key: Any, ident: Identity,
     recovering, journal -> sensors.mcap; encrypted: measure the age files, drop the journal
     when the MCAP is complete, (2) manifest + signature (``key``: a ``keys.Signer``),
     (3) chain head (the commit point), (4) drop work files, (5) rename into the spool.
+    ``now``: the recorder's ROS time, ``wall_now``: the wall clock (UNIX s), both at the seal.
 
     Raises:
         OSError: the disk (retry later). SealError, ValueError: this incident's own records
@@ -90,6 +100,7 @@ def seal(store: EvidenceStore, directory: Path, key: Any, ident: Identity,
         enc = {'scheme': ev.SCHEME_NONE}
 
     ros_minus_wall = meta['ros_minus_wall']
+    sim = meta['clock'] == CLOCK_SIM
     manifest = {
         'format': ev.FORMAT,
         'incident_id': incident_id,
@@ -107,14 +118,19 @@ def seal(store: EvidenceStore, directory: Path, key: Any, ident: Identity,
         'stops': meta['stops'],
         'pre_event_s': opened.get('pre_event_s', ident.pre_event_s),
         'post_event_s': opened.get('post_event_s', ident.post_event_s),
-        'start_time': _wall(start_t, ros_minus_wall),
-        'end_time': _wall(end_t, ros_minus_wall),
+        'clock': meta['clock'],
+        'start_time': start_t,
+        'end_time': end_t,
         'start_ros_time': start_t,
         'end_ros_time': end_t,
-        'start_iso': _iso(_wall(start_t, ros_minus_wall)),
-        'end_iso': _iso(_wall(end_t, ros_minus_wall)),
+        'start_iso': _iso(start_t),
+        'end_iso': _iso(end_t),
+        'wall_start_time': _wall(start_t, ros_minus_wall) if sim else None,
+        'wall_end_time': _wall(end_t, ros_minus_wall) if sim else None,
         'opened_time': opened.get('wall_time'),
-        'sealed_time': time.time(),
+        'opened_ros_time': opened.get('ros_time'),
+        'sealed_time': round(wall_now, 6),
+        'sealed_ros_time': round(now, 6),
         'end_reason': closed.get('reason') if closed and not recovered else 'recovered',
         'frame_count': video.get('frame_count', 0),
         'video': video,
@@ -304,6 +320,10 @@ def _lifecycle(events: list[dict[str, Any]], opened: dict[str, Any],
                         f'{opened.get("wall_time")!r}: {exc}') from exc
     if not math.isfinite(ros_minus_wall):
         raise SealError(f'{directory.name}: open record clocks are not finite')
+    clock = opened.get('clock', CLOCK_ROS)        # older open records: the system clock
+    if clock not in (CLOCK_ROS, CLOCK_SIM):
+        raise SealError(f'{directory.name}: open record clock {clock!r} is not '
+                        f'{CLOCK_ROS!r} or {CLOCK_SIM!r}')
     incident_id = opened.get('incident_id', directory.name)
     if incident_id != directory.name:
         raise SealError(f'{directory.name}: open record names incident {incident_id!r}')
@@ -314,7 +334,7 @@ def _lifecycle(events: list[dict[str, Any]], opened: dict[str, Any],
         raise SealError(f'{directory.name}: {EVENTS} holds a value no manifest can: '
                         f'{exc}') from exc
     return {'incident_id': incident_id, 'triggers': triggers, 'stops': stops,
-            'ros_minus_wall': ros_minus_wall}
+            'ros_minus_wall': ros_minus_wall, 'clock': clock}
 
 
 def _repair_video(directory: Path) -> dict[str, Any]:
