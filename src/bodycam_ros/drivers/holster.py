@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,6 +107,16 @@ class SimHolsterLine:
         if self._forced is not None:
             return self._forced
         return self._scenario.weapon_drawn_at(self._clock() - self._start)
+
+    def next_change_s(self) -> float:
+        """Seconds until the scenario may change the level (inf: never, or forced), so a
+        reader can sleep until then instead of polling."""
+        if self._forced is not None:
+            return math.inf
+        t = self._clock() - self._start
+        ahead = [at - t for at in (self._scenario.draw_at_s, self._scenario.holster_at_s)
+                 if at is not None and at > t]
+        return min(ahead, default=math.inf)
 
     def close(self) -> None:
         pass
