@@ -24,8 +24,6 @@ NODES = ('camera', 'imu', 'gps', 'holster', 'trigger_fusion', 'recorder', 'uploa
          'live_view', 'dispatch_bridge')
 #: Nodes started only when asked for: ``portal_link`` needs a portal URL (``--portal``).
 OPTIONAL_NODES = ('portal_link',)
-#: Nodes started only when asked for: ``portal_link`` needs a portal URL (``--portal``).
-OPTIONAL_NODES = ('portal_link',)
 
 #: A scenario starts this long after the graph is launched, so every node is up at t=0.
 SCENARIO_LEAD_S = 3.0
