@@ -6,6 +6,7 @@ from setuptools import find_packages, setup
 PACKAGE = 'bodycam_ros'
 NODES = ('camera', 'imu', 'gps', 'holster', 'trigger_fusion', 'recorder', 'uploader',
          'live_view', 'dispatch_bridge')
+OPTIONAL_NODES = ('portal_link',)   # bringup.OPTIONAL_NODES: started only with a portal URL
 
 setup(
     name=PACKAGE,
@@ -29,7 +30,7 @@ setup(
     entry_points={
         'console_scripts': [
             'bodycam = bodycam_ros.cli:main',
-            *(f'{n}_node = bodycam_ros.nodes.{n}_node:main' for n in NODES),
+            *(f'{n}_node = bodycam_ros.nodes.{n}_node:main' for n in NODES + OPTIONAL_NODES),
         ],
     },
 )

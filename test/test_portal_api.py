@@ -130,7 +130,7 @@ def test_incidents_listed_verified_newest_first_and_filtered(world, database):
                    for c in d['custody'])
         assert d['triggers'][0]['offset_s'] is not None and d['stops']
         status = s.get(srv.url + '/api/status', timeout=30).json()
-        assert status['schema_version'] == 1 and status['incidents'] == 3
+        assert status['schema_version'] == 2 and status['incidents'] == 3
 
 
 def test_video_decrypts_to_the_signed_plaintext_with_range(world, database):

@@ -31,13 +31,15 @@ def graph(default_config: str, nodes=NODES):
     Launch arguments: ``params_file`` (YAML keyed by node name), ``namespace`` (the unit),
     ``scenario`` (simulated shift, sim sources only; empty for none), ``scenario_start``
     (UNIX time of scenario t=0; empty = launch time + a short lead), ``use_respawn``,
-    ``log_level``, ``sigterm_timeout``.
+    ``log_level``, ``sigterm_timeout``, ``portal_url`` (the agency portal; empty = no
+    portal_link node) and ``portal_ca_file``.
     """
     import os
 
     from ament_index_python.packages import get_package_share_directory
     from launch import LaunchDescription
     from launch.actions import DeclareLaunchArgument, GroupAction, OpaqueFunction
+    from launch.conditions import LaunchConfigurationNotEquals
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node, PushROSNamespace
 
@@ -62,6 +64,11 @@ def graph(default_config: str, nodes=NODES):
         DeclareLaunchArgument('sigterm_timeout', default_value=str(SIGTERM_TIMEOUT_S),
                               description='seconds after SIGINT before launch sends SIGTERM; '
                               'the recorder seals and the uploader drains meanwhile'),
+        DeclareLaunchArgument('portal_url', default_value='',
+                              description='agency portal (https://host:port) the unit dials '
+                              'out to; empty = no portal_link node'),
+        DeclareLaunchArgument('portal_ca_file', default_value='',
+                              description="CA bundle that verifies the portal's certificate"),
         OpaqueFunction(function=_set_scenario_start),
         GroupAction([PushROSNamespace(LaunchConfiguration('namespace'))] + [
             Node(package='bodycam_ros', executable=f'{name}_node', name=name,
@@ -69,5 +76,12 @@ def graph(default_config: str, nodes=NODES):
                  arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
                  output='screen', emulate_tty=True,
                  respawn=LaunchConfiguration('use_respawn'), respawn_delay=2.0)
-            for name in nodes]),
+            for name in nodes] + [
+            Node(package='bodycam_ros', executable='portal_link_node', name='portal_link',
+                 parameters=[params, {'portal_url': LaunchConfiguration('portal_url'),
+                                      'portal_ca_file': LaunchConfiguration('portal_ca_file')}],
+                 arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
+                 output='screen', emulate_tty=True,
+                 respawn=LaunchConfiguration('use_respawn'), respawn_delay=2.0,
+                 condition=LaunchConfigurationNotEquals('portal_url', ''))]),
     ])

@@ -35,7 +35,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--credentials-file', type=Path, default=None, metavar='FILE',
                    help='AWS credentials file, mode 0600')
     p.add_argument('--allow-insecure-http', action='store_true',
-                   help='accept a plain http:// --endpoint-url (tests and loopback only)')
+                   help='accept a plain http:// --endpoint-url or --dispatch-webhook (tests '
+                        'and loopback only)')
+    p.add_argument('--dispatch-webhook', default='', metavar='URL',
+                   help='HTTPS endpoint that receives fleet alerts (officer down, weapon drawn, '
+                        'unit offline while recording) as the dispatch bridge sends them')
+    p.add_argument('--dispatch-token-file', default='', metavar='FILE',
+                   help='bearer token for --dispatch-webhook (else $BODYCAM_DISPATCH_TOKEN)')
+    p.add_argument('--dispatch-ca-file', default='', metavar='FILE',
+                   help='CA bundle that verifies the --dispatch-webhook server')
+    p.add_argument('--public-url', action='append', default=[], metavar='URL',
+                   help='a URL units dial this portal by (behind a proxy or by DNS name); '
+                        'the listen address is always accepted; repeatable')
+    p.add_argument('--link-heartbeat', type=float, default=15.0, metavar='S',
+                   help='units report at least this often; silent 3x as long = offline '
+                        '(default 15)')
 
 
 def main(args: argparse.Namespace) -> int:
@@ -56,9 +70,26 @@ def main(args: argparse.Namespace) -> int:
         s3 = {'endpoint_url': args.endpoint_url, 'region': args.region,
               'profile': args.profile, 'credentials_file': args.credentials_file,
               'allow_insecure_http': args.allow_insecure_http}
+    from bodycam_ros.core.portal_link import LinkError, origin_of
+    from bodycam_ros.portal.fleet import FleetConfig
+    try:
+        origins = tuple(origin_of(u) for u in args.public_url)
+    except LinkError as exc:
+        print(f'error: --public-url: {exc}', file=sys.stderr)
+        return 2
+    if not 0.2 <= args.link_heartbeat <= 3600:
+        print(f'error: --link-heartbeat {args.link_heartbeat}: 0.2..3600 expected',
+              file=sys.stderr)
+        return 2
+    fleet = FleetConfig(heartbeat_s=args.link_heartbeat,
+                        offline_after_s=3 * args.link_heartbeat, public_origins=origins)
     cfg = PortalConfig(bucket=args.bucket, agency_dir=args.agency, database=args.database,
                        state_dir=args.state_dir, poll_s=max(0.1, args.poll),
-                       secure_cookies=bool(args.tls_cert), s3=s3)
+                       secure_cookies=bool(args.tls_cert), s3=s3, fleet=fleet,
+                       dispatch_webhook=args.dispatch_webhook,
+                       webhook_token_file=args.dispatch_token_file,
+                       webhook_ca_file=args.dispatch_ca_file,
+                       allow_insecure_webhook=args.allow_insecure_http)
     try:
         portal = Portal(cfg)
     except (BucketError, DatabaseError, ValueError, OSError) as exc:

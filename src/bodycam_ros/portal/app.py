@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,13 +23,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import (FileResponse, HTMLResponse, JSONResponse, PlainTextResponse,
                                  Response, StreamingResponse)
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from bodycam_ros.portal import audit, auth
 from bodycam_ros.portal.bucket import Bucket
 from bodycam_ros.portal.db import SCHEMA_VERSION, Database, open_database
 from bodycam_ros.portal.evidence import EvidenceCache, PlaybackError
+from bodycam_ros.portal.fleet import Fleet, FleetConfig, FleetError
 from bodycam_ros.portal.indexer import Indexer
 
 log = logging.getLogger('bodycam.portal')
@@ -53,6 +55,13 @@ class PortalConfig:
     poll_s: float = 1.0
     secure_cookies: bool = False
     s3: dict[str, Any] = field(default_factory=dict)
+    #: The fleet (issue 13): units dialing in on /api/link, alerts forwarded to this webhook
+    #: (core.outbox format, durable outbox in STATE/dispatch_outbox) when given.
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    dispatch_webhook: str = ''
+    webhook_token_file: str = ''
+    webhook_ca_file: str = ''
+    allow_insecure_webhook: bool = False
 
 
 class ApiError(Exception):
@@ -127,6 +136,95 @@ class Portal:
         self.audit_check = self.check_audit()
         self.exports = state / 'exports'
         self.exports.mkdir(exist_ok=True, mode=0o700)
+        self.courier = None
+        forward = self._webhook(state) if cfg.dispatch_webhook else None
+        self.fleet = Fleet(self.db, self.indexer.trust, self._fleet_audit, cfg.fleet, forward,
+                           now)
+
+    # -- the fleet (issue 13) ------------------------------------------------------------
+    def _webhook(self, state: Path) -> Callable[[str, str, dict[str, Any]], None]:
+        """Alerts to the dispatch webhook through the same durable outbox and courier the
+        unit's dispatch bridge uses (officer-down first, in order, retried, idempotent)."""
+        from bodycam_ros.core.outbox import Backoff, Courier, Outbox, WebhookTransport
+        from bodycam_ros.core.tokens import load_token
+        token = load_token(self.cfg.webhook_token_file, env_var='BODYCAM_DISPATCH_TOKEN',
+                           create=False, default_name='dispatch_token') \
+            if self.cfg.webhook_token_file or os.environ.get('BODYCAM_DISPATCH_TOKEN') else ''
+        transport = WebhookTransport(self.cfg.dispatch_webhook, token=token,
+                                     ca_file=self.cfg.webhook_ca_file,
+                                     allow_insecure_http=self.cfg.allow_insecure_webhook,
+                                     user_agent='bodycam-portal/1')
+        self.outbox = Outbox(state / 'dispatch_outbox')
+        self.courier = Courier(self.outbox, transport, Backoff(0.25, 10.0))
+
+        def forward(kind: str, event_id: str, body: dict[str, Any]) -> None:
+            self.outbox.put(event_id, kind, body)
+        return forward
+
+    def _fleet_audit(self, action: str, *, client: str | None = None, user: str | None = None,
+                     incident_id: str | None = None, status: int | None = None,
+                     **details: Any) -> None:
+        audit.append(self.db, self.now(), action, user=user, incident_id=incident_id,
+                     client=client, status=status, **details)
+
+    def fleet_units(self, request: Request, sess: auth.Session, body: bytes) -> Response:
+        return JSONResponse(self.fleet.units())
+
+    def fleet_alerts(self, request: Request, sess: auth.Session, body: bytes) -> Response:
+        q = request.query_params
+        try:
+            return JSONResponse(self.fleet.list_alerts(
+                q.get('status', ''), q.get('unit', ''), _int_arg(q, 'limit', 200, 1, 5000)))
+        except FleetError as exc:
+            raise ApiError(exc.status, str(exc)) from exc
+
+    def fleet_ack(self, request: Request, sess: auth.Session, body: bytes) -> Response:
+        aid = request.path_params['alert_id']
+        try:
+            row = self.fleet.ack_alert(aid, sess.user.name)
+        except FleetError as exc:
+            self.audit(request, 'alert_ack_refused', user=sess.user.name, status=exc.status,
+                       alert_id=aid, reason=str(exc))
+            raise ApiError(exc.status, str(exc)) from exc
+        self.audit(request, 'alert_ack', user=sess.user.name, status=200, alert_id=aid,
+                   incident_id=row['incident_id'] or None, device_id=row['device_id'],
+                   kind=row['kind'], latency_s=round(row['ack_at'] - row['received_at'], 3))
+        return JSONResponse(row)
+
+    def fleet_live(self, request: Request, sess: auth.Session, body: bytes) -> Response:
+        did = request.path_params['device_id']
+        try:
+            link = self.fleet.live_check(did)
+        except FleetError as exc:
+            raise ApiError(exc.status, str(exc)) from exc
+        self.audit(request, 'live_view', user=sess.user.name, status=200, device_id=did,
+                   incident_id=link.state.incident_id or None, viewers=len(link.viewers) + 1)
+        return StreamingResponse(self.fleet.live(did), media_type='video/mp4',
+                                 headers={'Cache-Control': 'private, no-store',
+                                          'X-Content-Type-Options': 'nosniff'})
+
+    def fleet_dispatch(self, request: Request, sess: auth.Session, body: bytes) -> Response:
+        import anyio.from_thread
+        did = request.path_params['device_id']
+        data = _json_body(body) if request.method == 'POST' else {'clear': True}
+        clear = bool(data.get('clear'))
+        lat, lon = data.get('latitude'), data.get('longitude')
+        if not clear:
+            for name, v, lim in (('latitude', lat, 90.0), ('longitude', lon, 180.0)):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                        not -lim <= float(v) <= lim:
+                    raise ApiError(400, f'{name}={v!r}: a number in [-{lim:g}, {lim:g}] '
+                                   'expected')
+        if did not in {u['device_id'] for u in self.fleet.units()}:
+            raise ApiError(404, f'no unit {did!r}')
+        out = anyio.from_thread.run(self.fleet.dispatch, did,
+                                    None if clear else float(lat), None if clear else float(lon),
+                                    sess.user.name, clear)
+        self.audit(request, 'dispatch', user=sess.user.name, status=200, device_id=did,
+                   dispatch_id=out['id'], latitude=None if clear else float(lat),
+                   longitude=None if clear else float(lon), clear=clear,
+                   delivered=out['delivered'], queued=out['queued'])
+        return JSONResponse(out, 200 if out['delivered'] else 202)
 
     # -- the audit chain ---------------------------------------------------------------
     def check_audit(self) -> audit.ChainCheck:
@@ -591,6 +689,13 @@ class Portal:
             Route('/api/incidents/{incident_id}/export.zip', e('export', self.export)),
             Route('/api/audit', e('audit', self.audit_list)),
             Route('/api/audit/export', e('audit', self.audit_export)),
+            WebSocketRoute('/api/link', self.fleet.link),
+            Route('/api/units', e('fleet', self.fleet_units)),
+            Route('/api/units/{device_id}/live.mp4', e('live', self.fleet_live)),
+            Route('/api/units/{device_id}/dispatch', e('dispatch', self.fleet_dispatch),
+                  methods=['POST', 'DELETE']),
+            Route('/api/alerts', e('fleet', self.fleet_alerts)),
+            Route('/api/alerts/{alert_id}/ack', e('ack', self.fleet_ack), methods=['POST']),
             Route('/login', self.login_page),
             Route('/login.html', self.login_page),
             Route('/favicon.ico', lambda r: Response(status_code=204)),
@@ -615,14 +720,19 @@ class Portal:
         @asynccontextmanager
         async def span(_: Starlette) -> Any:
             self.indexer.start()
+            if self.courier is not None:
+                self.courier.start()
             try:
                 yield
             finally:
+                self.fleet.close()
                 self.indexer.stop()
         return span(app)
 
     def close(self) -> None:
         self.indexer.stop()
+        if self.courier is not None:
+            self.courier.stop()
         self.db.close()
 
 

@@ -23,13 +23,17 @@ from argon2.exceptions import InvalidHashError, VerificationError
 
 from bodycam_ros.portal.db import Database
 
-ROLES = ('admin', 'supervisor', 'auditor')
+ROLES = ('admin', 'supervisor', 'auditor', 'dispatcher')
 #: What each role may do. ``view``: the incident list and pages; ``media``: video, sensors;
-#: ``export``: court export; ``audit``: the audit log; ``users``: user administration.
+#: ``export``: court export; ``audit``: the audit log; ``users``: user administration;
+#: ``fleet``: units and alerts; ``live``: a unit's live video; ``ack``: acknowledge alerts;
+#: ``dispatch``: send a unit a destination. A dispatcher works the fleet, not evidence.
+_FLEET = frozenset({'fleet', 'live', 'ack', 'dispatch'})
 PERMISSIONS = {
-    'admin': frozenset({'view', 'media', 'export', 'audit', 'users', 'settings'}),
-    'supervisor': frozenset({'view', 'media', 'export'}),
+    'admin': frozenset({'view', 'media', 'export', 'audit', 'users', 'settings'}) | _FLEET,
+    'supervisor': frozenset({'view', 'media', 'export'}) | _FLEET,
     'auditor': frozenset({'view', 'audit'}),
+    'dispatcher': _FLEET,
 }
 SESSION_S = 12 * 3600.0
 _NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._@-]{0,63}')

@@ -67,6 +67,23 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         'CREATE INDEX audit_user ON audit (user_name, seq)',
         """CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
     ]),
+    (2, 'fleet: units seen over the portal link, alerts and acknowledgements, dispatches', [
+        """CREATE TABLE fleet_units (
+            device_id TEXT PRIMARY KEY, officer_id TEXT NOT NULL, first_seen {real} NOT NULL,
+            last_seen {real}, state TEXT NOT NULL)""",
+        """CREATE TABLE fleet_alerts (
+            alert_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, source_id TEXT NOT NULL,
+            kind TEXT NOT NULL, unit_state TEXT NOT NULL, officer_id TEXT NOT NULL,
+            latitude {real}, longitude {real}, raised_at {real} NOT NULL,
+            received_at {real} NOT NULL, incident_id TEXT NOT NULL, message TEXT NOT NULL,
+            ack_by TEXT, ack_at {real}, updated_at {real} NOT NULL)""",
+        'CREATE UNIQUE INDEX fleet_alerts_source ON fleet_alerts (device_id, source_id)',
+        'CREATE INDEX fleet_alerts_received ON fleet_alerts (received_at)',
+        """CREATE TABLE fleet_dispatches (
+            dispatch_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, latitude {real},
+            longitude {real}, clear INTEGER NOT NULL, sent_by TEXT NOT NULL,
+            created_at {real} NOT NULL, delivered_at {real})""",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _TYPES = {'sqlite': {'real': 'REAL', 'blob': 'BLOB'},
