@@ -8,6 +8,11 @@ fixes are handed to the executor through a guard condition, so all publishing ha
 executor callbacks. A missing serial port or an unreachable gpsd is an ERROR diagnostic and
 is retried every ``retry_s``; the node stays up.
 
+Time: ``header.stamp`` is the node clock (ROS time; sim time under ``use_sim_time``) at
+reception; ``gnss_time`` is the receiver's UTC. ``time.monotonic`` only times the receiver's
+silence (an I/O timeout). The sim source paces its 1 Hz fixes and reads its scenario on the
+wall clock (``scenario_start`` in UNIX s), whatever clock stamps them.
+
 NavSatFix mapping: status NO_FIX / FIX / SBAS_FIX (DGPS, SBAS) / GBAS_FIX (RTK), service GPS;
 position_covariance in ENU m², DIAGONAL_KNOWN from the receiver's GST error estimates,
 APPROXIMATED from HDOP × ``uere_m`` otherwise, UNKNOWN without either (see core/nmea.py).
