@@ -22,6 +22,10 @@ Secrets (the CAD and webhook bearer tokens, the TLS key) are never parameter val
 from 0600 files or the environment, and a parameter only names the file, so ``ros2 param get``
 on the DDS domain reveals none. A secret-looking parameter (``cad_token``) is refused.
 ``http://`` is refused for the webhook and the intake unless ``allow_insecure_http``.
+
+Time: the sim scenario and the ``peer_alert`` start's trigger time use the node clock (ROS
+time; sim time under ``use_sim_time``, ``scenario_start`` in ROS s); CAD and alert times are
+the sender's; the wall clock only dates the self-signed certificate and webhook deliveries.
 """
 from __future__ import annotations
 
@@ -72,7 +76,7 @@ class DispatchBridgeNode(Node):
                                '(scenario), http (CAD POSTs) or none', choices=SOURCES)
         name = declare(self, 'scenario', '', f'sim scenario ({", ".join(scen.SCENARIOS)})'
                        "; '' = idle")
-        start = declare(self, 'scenario_start', 0.0, 'scenario epoch [UNIX s]; 0 = node start',
+        start = declare(self, 'scenario_start', 0.0, 'scenario epoch [ROS s]; 0 = node start',
                         min_value=0.0, max_value=1e12)
         cad_bind = declare(self, 'cad_bind', '127.0.0.1', 'CAD intake address (source=http)')
         cad_port = declare(self, 'cad_port', 8081, 'CAD intake TCP port (0 = any free)',
@@ -183,7 +187,7 @@ class DispatchBridgeNode(Node):
             self._scenario = scen.get(name or 'idle')
         except ValueError as exc:
             raise ParameterError(f'parameter {self.get_name()}.scenario={name!r}: {exc}') from exc
-        self._start = start or time.time()
+        self._start = start          # 0: the node clock at the first sim poll
         if self._source == 'sim':
             self._publish_destination(None)   # no dispatch yet: NO_FIX, so subscribers know
             self.create_timer(0.2, self._poll_sim)
@@ -262,8 +266,16 @@ class DispatchBridgeNode(Node):
         self._dest_pub.publish(msg)
         self._published += 1
 
+    def _now(self) -> float:
+        """The node clock (ROS time) in seconds; 0 while sim time has had no /clock."""
+        return self.get_clock().now().nanoseconds * 1e-9
+
     def _poll_sim(self) -> None:
-        dest = self._scenario.dispatch_at(time.time() - self._start)
+        now = self._now()
+        if now <= 0.0:
+            return                      # sim time before the first /clock
+        self._start = self._start or now
+        dest = self._scenario.dispatch_at(now - self._start)
         if dest != self._current:
             self._publish_destination(dest)
             self.get_logger().info(f'dispatch: {dest}' if dest else 'dispatch cleared')
@@ -379,7 +391,7 @@ class DispatchBridgeNode(Node):
             self.get_logger().warning(f'{a.unit_id} officer down {d.distance_m:.0f} m away: '
                                       'starting recording')
             self._rec_cmd.publish(to_status(encode_command(RecorderCommand(
-                CommandKind.START, Reason.PEER_ALERT, time.time(), str(uuid.uuid4()),
+                CommandKind.START, Reason.PEER_ALERT, self._now(), str(uuid.uuid4()),
                 f'peer alert from {a.unit_id}',
                 (('alert_id', a.alert_id), ('peer_unit', a.unit_id))))))
 
