@@ -5,6 +5,10 @@ Subscribes to ``camera/h264`` (remuxed to fragmented MP4 for the browser, never 
 state: ``bodycam/triggers``, ``bodycam/alerts``, ``bodycam/peer_alert``, ``recorder/status``,
 ``gps/fix``. Serves HTTP(S) on ``bind:port`` from its own threads; see
 :mod:`bodycam_ros.core.live`.
+
+Time: video and position times shown are the messages' stamps (ROS time; sim time on a sim
+graph); ``time.monotonic`` only limits rates (MJPEG, fps); access tokens and the page's
+``time`` are wall clock (they talk to browsers, which live on it).
 """
 from __future__ import annotations
 
