@@ -12,7 +12,7 @@ POST /api/logout                       -> {"ok": true}
 GET  /api/me                           -> {"user", "role", "csrf", "permissions", "expires_at"}
 POST /api/password {"old_password", "new_password"}
 GET  /api/users, POST /api/users {"user","password","role"}   (admin; role admin|supervisor|
-                                          auditor; password >= 10 characters) -> 201
+                                          auditor|dispatcher; password >= 10 characters) -> 201
 POST /api/users/{name}/password {"password"}                   (admin)
 GET  /api/status                       -> schema_version, database, bucket, incidents, indexer
 GET  /api/devices                      -> {"items": [{device_id, witness {seq, sha256},
@@ -41,6 +41,40 @@ GET  /api/audit?incident=&user=&action=&page=&per_page=  (auditor, admin) -> {"i
      "page", "per_page", "chain": {ok, rows, head, problems}}
 GET  /api/audit/export                 JSON lines, one row each, then {"chain": {...}};
                                        header X-Audit-Chain: ok|broken
+
+Fleet (issue 13; units dial in over the portal link, :mod:`bodycam_ros.core.portal_link`).
+Permissions: ``fleet`` (units, alerts), ``live``, ``ack``, ``dispatch``: admin, supervisor and
+dispatcher (a dispatcher has only these); auditors none of them:
+
+WS   /api/link                         the unit's WebSocket (subprotocol
+                                       bodycam-portal-link.v1; device-key challenge-response,
+                                       no session); refused units: close 4401/4403, audited
+                                       unit_refused; unit_connected/unit_disconnected audited
+GET  /api/units                        -> [{device_id, officer_id, online, last_seen,
+     last_seen_iso, connected_since, registered, recording, recorder_state, incident,
+     triggers [source], faults [source], position {latitude, longitude, stamp} | null,
+     storage {free_bytes}, streaming, viewers, link {client, bytes_in, video_bytes_in,
+     fragments_in, viewer_bytes_out} | null, live: URL | null}], online first; every unit
+     the trust store registers or the portal has seen
+GET  /api/units/{device_id}/live.mp4   the unit's fMP4 relayed (never re-encoded): chunked,
+     the init segment then fragments from the next keyframe; the first viewer makes the unit
+     stream, every further one shares that stream. 404 unknown, 409 offline, 429 too many
+     viewers; audited live_view (user, unit, incident)
+POST /api/units/{device_id}/dispatch {"latitude", "longitude"} (DELETE: clear) -> 200
+     {id, device_id, delivered: true, queued: false, acked_at} once the unit published it on
+     dispatch/destination; 202 {delivered: false, queued: true, expires_at} when the unit is
+     offline (sent when it reconnects within 10 min); 400 bad coordinates, 404 unknown unit;
+     audited dispatch
+GET  /api/alerts?status=open|acknowledged|all&unit=&limit=  -> [{id, device_id, unit,
+     officer_id, kind (officer_down | weapon_drawn | offline_while_recording), unit_state
+     (raised | cancelled | cleared), status (open | acknowledged), position {latitude,
+     longitude} | null, time, time_iso (raised on the unit), received_at, latency_s,
+     incident_id, message, ack_by, ack_at, ack_at_iso}], newest first
+POST /api/alerts/{id}/ack              -> the alert, acknowledged by this user (409 if it
+     was already; 404 unknown); audited alert_ack. With ``--dispatch-webhook URL`` every new
+     alert state also goes to dispatch through the durable outbox, in core.outbox's format
+     (kinds officer_down, weapon_drawn, unit_offline; ``source: portal``; officer_down with
+     the same event id as the unit's dispatch bridge, so the receiver drops the repeat)
 
 Pages (the files in ``portal/web/``): ``/login`` -> login.html (no session needed),
 ``/`` -> index.html, ``/incident`` -> incident.html, ``/audit`` -> audit.html, ``/users`` ->
