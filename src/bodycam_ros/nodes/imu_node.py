@@ -6,6 +6,11 @@ message definition asks). A ~50 Hz timer publishes every sample due since the pr
 each with its own stamp, so a 200 Hz stream needs no 200 Hz Python timer. Samples with a NaN
 or infinite value are dropped and counted, never published. A missing recording or IIO device
 is an ERROR diagnostic and is retried every ``retry_s``; the node lives on.
+
+Time: sources are paced by and stamp with the node clock (ROS time; sim time under
+``use_sim_time``, so the scenario and a recording run at the simulation's pace); an IIO
+device's reader thread stamps each sample with the node clock as it reads it. Nothing is
+published before that clock starts (sim time 0 until the first ``/clock``).
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ TICK_HZ = 50.0
 
 
 def stamp_of(t: float) -> Time:
-    """UNIX seconds -> builtin_interfaces/Time."""
+    """ROS seconds -> builtin_interfaces/Time."""
     sec = int(t)
     return Time(sec=sec, nanosec=min(999_999_999, int(round((t - sec) * 1e9))))
 
@@ -61,9 +66,8 @@ class ImuNode(Node):
 
         self._injected = source is not None
         self._source: ImuSource | None = source
-        if source is not None:
-            source.start(time.time())
-        else:
+        self._source_started = False     # started on the first tick with a running clock
+        if source is None:
             self._open()
         self._diag = Diagnostics(self, hardware_id=self._description())
         self.create_timer(1.0 / TICK_HZ, self._tick)
@@ -97,8 +101,9 @@ class ImuNode(Node):
                                '[(rad/s)²]', min_value=0.0, max_value=1e6),
             'scenario': d('scenario', '', f'sim scenario ({", ".join(scenario_mod.SCENARIOS)}); '
                           "'' = idle"),
-            'scenario_start': d('scenario_start', 0.0, 'scenario epoch [UNIX s]; 0 = node '
-                                'start', min_value=0.0, max_value=1e12),
+            'scenario_start': d('scenario_start', 0.0, 'scenario epoch [ROS s: UNIX s on the '
+                                'system clock, sim s under use_sim_time]; 0 = node start',
+                                min_value=0.0, max_value=1e12),
             'retry_s': d('retry_s', 2.0, 'reopen period while the file/device is missing [s]',
                          min_value=0.05, max_value=300.0),
         }
@@ -133,11 +138,11 @@ class ImuNode(Node):
                     f'{rec.dropped_nan} NaN samples skipped)')
             else:
                 src = IioImuSource(p['iio_device'], p['rate'],
-                                   p['axis_map'])
+                                   p['axis_map'], clock=self._now)
         except (OSError, ImuFormatError, ImuSourceError) as exc:
             self._fail(f'{p["source"]}: {exc}')
             return
-        src.start(time.time())
+        self._source_started = False
         self._source = src
         self._last_error = ''
 
@@ -154,6 +159,10 @@ class ImuNode(Node):
             return self._source.description
         return f'{self._p["source"]}:{self._p["path"] or self._p["iio_device"]}'
 
+    def _now(self) -> float:
+        """The node clock (ROS time) in seconds; 0 while sim time has had no /clock."""
+        return self.get_clock().now().nanoseconds * 1e-9
+
     # ------------------------------------------------------------------ publishing
 
     def _tick(self) -> None:
@@ -163,7 +172,13 @@ class ImuNode(Node):
                 self.reopens += 1
                 self._open()
             return
-        for r in src.poll(time.time()):
+        now = self._now()
+        if now <= 0.0:
+            return                      # sim time before the first /clock
+        if not self._source_started:
+            src.start(now)
+            self._source_started = True
+        for r in src.poll(now):
             self._publish(r)
         err = getattr(src, 'error', None)
         if err:
