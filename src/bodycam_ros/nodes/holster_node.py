@@ -5,6 +5,10 @@ current state) once the first level has held for ``debounce_s`` and on every deb
 The line is a GPIO input (libgpiod) or the sim scenario; in sim mode the
 ``holster/set_drawn`` std_srvs/SetBool service forces the line (manual tests, trigger latency
 benchmarks). A missing chip or line is an ERROR diagnostic, retried every ``retry_s``.
+
+Time: the debounce, the sim scenario and ``last_change`` run on the node clock (ROS time;
+sim time under ``use_sim_time``, where the sim line opens at the first ``/clock``).
+``time.monotonic`` only paces the reopen retries of a missing GPIO chip.
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ class HolsterNode(Node):
         self._retry_at = 0.0
         self._injected = line is not None
         self._line: HolsterLine | None = line
-        if line is None:
+        if line is None and self._now() > 0.0:
             self._open()
         self._diag = Diagnostics(self, hardware_id=self._description())
         if p['source'] == 'sim' or isinstance(line, SimHolsterLine):
@@ -74,8 +78,9 @@ class HolsterNode(Node):
                            max_value=1000.0),
             'scenario': d('scenario', '', f'sim scenario ({", ".join(scenario_mod.SCENARIOS)}); '
                           "'' = idle"),
-            'scenario_start': d('scenario_start', 0.0, 'scenario epoch [UNIX s]; 0 = node '
-                                'start', min_value=0.0, max_value=1e12),
+            'scenario_start': d('scenario_start', 0.0, 'scenario epoch [ROS s: UNIX s on the '
+                                'system clock, sim s under use_sim_time]; 0 = node start',
+                                min_value=0.0, max_value=1e12),
             'retry_s': d('retry_s', 2.0, 'reopen period while the GPIO line is missing [s]',
                          min_value=0.05, max_value=300.0),
         }
@@ -90,7 +95,8 @@ class HolsterNode(Node):
         p = self._p
         try:
             if p['source'] == 'sim':
-                line: HolsterLine = SimHolsterLine(p['scenario'], p['scenario_start'])
+                line: HolsterLine = SimHolsterLine(p['scenario'], p['scenario_start'],
+                                                   clock=self._now)
             else:
                 line = GpioHolsterLine(p['chip'], p['line'], p['active_high'], p['bias'])
         except HolsterError as exc:
@@ -108,6 +114,10 @@ class HolsterNode(Node):
         if hasattr(self, '_diag'):
             self._report()
 
+    def _now(self) -> float:
+        """The node clock (ROS time) in seconds; 0 while sim time has had no /clock."""
+        return self.get_clock().now().nanoseconds * 1e-9
+
     def _description(self) -> str:
         if self._line is not None:
             return self._line.description
@@ -117,9 +127,12 @@ class HolsterNode(Node):
     # ------------------------------------------------------------------ polling
 
     def _poll(self) -> None:
+        now = self._now()
+        if now <= 0.0:
+            return                      # sim time before the first /clock
         if self._line is None:
             if not self._injected and time.monotonic() >= self._retry_at:
-                self.reopens += 1
+                self.reopens += bool(self.errors)    # the first open is not a reopen
                 self._open()
             return
         try:
@@ -129,10 +142,10 @@ class HolsterNode(Node):
             self._line = None
             self._fail(str(exc))
             return
-        st = self._det.update(LevelSample(time.monotonic(), high))
+        st = self._det.update(LevelSample(now, high))
         if st.changed:
             self._pub.publish(Bool(data=st.drawn))
-            self._last_change = time.time()
+            self._last_change = now
             self.get_logger().info(f'weapon {"DRAWN" if st.drawn else "holstered"}')
             self._report()
 
