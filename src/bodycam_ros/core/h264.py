@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from fractions import Fraction
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import av
-import cv2
-import numpy as np
+if TYPE_CHECKING:     # PyAV, OpenCV and NumPy load only in the encoder: the recorder and
+    import av         # the live view need just the NAL helpers below (~40 MB less each)
+    import numpy as np
 
 __all__ = ['AccessUnit', 'EncoderError', 'H264Encoder', 'NalUnit', 'NAL_IDR', 'NAL_NON_IDR',
            'NAL_SEI', 'NAL_SPS', 'NAL_PPS', 'NAL_AUD', 'has_parameter_sets', 'is_keyframe',
@@ -115,6 +115,7 @@ class H264Encoder:
         self.width, self.height, self.gop, self.bitrate = width, height, gop, bitrate
         self.fps = Fraction(fps).limit_denominator(1001)
         kbps = max(10, bitrate // 1000)
+        import av
         params = (f'keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:repeat-headers=1:'
                   f'vbv-maxrate={kbps}:vbv-bufsize={kbps}:colormatrix=smpte170m:range=tv')
         try:
@@ -139,6 +140,9 @@ class H264Encoder:
         """
         if self._ctx is None:
             raise EncoderError('encoder is closed')
+        import av
+        import cv2
+        import numpy as np
         if isinstance(frame, np.ndarray):
             if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
                 raise EncoderError(f'frame {frame.shape} {frame.dtype}: expected '
@@ -177,6 +181,7 @@ class H264Encoder:
         """Drain the encoder (empty with zero-latency settings) and close it."""
         if self._ctx is None:
             return []
+        import av
         try:
             rest = [AccessUnit(bytes(p), int(p.pts or 0), bool(p.is_keyframe))
                     for p in self._ctx.encode(None)]

@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
@@ -186,6 +185,7 @@ class LiveViewNode(Node):
         frame = rows[:, :msg.width * 3].reshape(msg.height, msg.width, 3)
         if msg.encoding == 'rgb8':
             frame = frame[:, :, ::-1]
+        import cv2   # only for an MJPEG viewer: OpenCV costs ~40 MB a process
         ok, jpeg = cv2.imencode('.jpg', frame, [cv2.IMWRITE_JPEG_QUALITY, self._jpeg_quality])
         if ok:
             self._last_jpeg = now
