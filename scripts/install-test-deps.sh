@@ -13,6 +13,8 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v g++ >/dev/null || need+=(g++)
 command -v softhsm2-util >/dev/null || need+=(softhsm2)
 command -v age >/dev/null || need+=(age)
+# systemd-analyze verify checks the unit `bodycam install-service` writes.
+command -v systemd-analyze >/dev/null || need+=(systemd)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""

@@ -20,6 +20,7 @@ COMMANDS = {
     'audit': "check a unit's signed audit log: audit verify PATH --trust DIR",
     'portal': 'the agency web portal: index, verify, play, export and audit incidents',
     'report': 'one incident as a self-contained offline HTML page (video, timeline, plots)',
+    'install-service': 'write the systemd unit and user of a field unit (watchdog, journald)',
 }
 
 
@@ -29,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         try:
-            module = importlib.import_module(f'bodycam_ros.commands.{name}')
+            module = importlib.import_module(f'bodycam_ros.commands.{name.replace("-", "_")}')
         except ModuleNotFoundError as exc:
-            if exc.name != f'bodycam_ros.commands.{name}':
+            if exc.name != f'bodycam_ros.commands.{name.replace("-", "_")}':
                 raise
             p.set_defaults(_module=None)
             continue
