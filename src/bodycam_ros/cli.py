@@ -10,6 +10,7 @@ import sys
 
 COMMANDS = {
     'run': 'bring the whole node graph up (simulated sensors by default)',
+    'replay': 'play a rosbag2 (MCAP or sqlite3) into the graph, with /clock for sim time',
     'trigger': 'manual recording start/stop (std_srvs/Trigger services)',
     'eval': 'run a detector over recorded IMU/GPS data and print JSON accuracy',
     'verify': 'check evidence (incident, spool, file:// or s3:// bucket) against a trust store',
