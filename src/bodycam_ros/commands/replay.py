@@ -261,6 +261,7 @@ class ReplayRun:
     notes: list[str]
     namespace: str = ''
     proc: object = None
+    _ended: float | None = None
 
     @classmethod
     def prepare(cls, bag_path: Path, rate: float, names: Sequence[str],
@@ -322,6 +323,16 @@ class ReplayRun:
 
     def done(self) -> bool:
         return self.proc is not None and self.proc.poll() is not None
+
+    def finished(self, drain_s: float = 2.0) -> bool:
+        """True ``drain_s`` after the player exited (the graph handles what it just got)."""
+        if not self.done():
+            return False
+        if self._ended is None:
+            self._ended = time.monotonic()
+            print(f'bodycam: the bag has played (player exit {self.proc.returncode}); '
+                  'stopping, the recorder seals', flush=True)
+        return time.monotonic() - self._ended >= drain_s
 
     def stop(self) -> int | None:
         """Stop the player if it still runs; its exit code."""

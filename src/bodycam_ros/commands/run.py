@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='comma-separated subset of nodes to run (default: all)')
     p.add_argument('--log-dir', type=Path, default=None,
                    help='node logs go here (default: <ROS_HOME or ~/.ros>/bodycam/<time>)')
+    p.add_argument('--replay', type=Path, default=None, metavar='BAG',
+                   help='run on a rosbag2 (e.g. an incident\'s sensors.mcap) instead of the '
+                        'simulated sensors, every node on the bag\'s /clock; ends when it has '
+                        'played and the recorder has sealed')
+    p.add_argument('--rate', type=float, default=1.0, help='--replay speed (1 = as recorded)')
     p.add_argument('--quiet', action='store_true', help='no live status line')
     p.add_argument('--composed', nargs='?', const='all', default=None, metavar='GROUPS',
                    help='several nodes per process: all (the default with no value) or groups '
@@ -114,6 +119,15 @@ def main(args: argparse.Namespace) -> int:
         print('error: portal_link needs --portal URL', file=sys.stderr)
         return 2
     names = bringup.available_nodes(wanted)
+    replay = None
+    if args.replay is not None:
+        from bodycam_ros.commands.replay import ReplayError, ReplayRun
+        try:
+            replay = ReplayRun.prepare(args.replay, args.rate, names, args.namespace)
+        except ReplayError as exc:
+            print(f'error: --replay {args.replay}: {exc}', file=sys.stderr)
+            return 2
+        names = replay.names
 
     overrides: dict[str, object] = {}
     duration = args.duration
@@ -156,6 +170,8 @@ def main(args: argparse.Namespace) -> int:
         files.append(bringup.write_overrides(log_dir / 'portal.yaml', {
             'portal_url': args.portal, 'portal_ca_file': args.portal_ca_file,
             'allow_insecure_http': bool(args.portal_insecure)}, ['portal_link']))
+    if replay is not None:
+        files.append(replay.write_params(log_dir / 'replay.yaml'))
     try:
         children = bringup.children(names, files, args.namespace, args.composed)
     except bringup.GroupError as exc:
@@ -173,6 +189,9 @@ def main(args: argparse.Namespace) -> int:
         except (TokenError, OSError) as exc:
             print(f'live view: unavailable ({exc})', flush=True)
     sup.start()
+    if replay is not None:
+        print('\n'.join(replay.notes), flush=True)
+        replay.start(log_dir)
     portal = None
     if not args.no_portal and 'uploader' in names:
         from bodycam_ros import local_portal
@@ -203,6 +222,8 @@ def main(args: argparse.Namespace) -> int:
         while deadline is None or time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.1)
             watchdog.tick()
+            if replay is not None and replay.finished():
+                break
             for line in monitor.take_events() + sup.poll() + (portal.poll() if portal else []):
                 print(('\r\033[K' if tty else '') + line, flush=True)
             if not args.quiet and time.monotonic() - last_print >= 1.0:
@@ -220,6 +241,8 @@ def main(args: argparse.Namespace) -> int:
         print('bodycam: final ' + monitor.status_line(), flush=True)
         print('bodycam: stopping', flush=True)
         watchdog.stopping()
+        if replay is not None:
+            replay.stop()
         codes = sup.stop()
         if portal is not None:               # last: it may still index the final upload
             codes['portal'] = portal.stop()
