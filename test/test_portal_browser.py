@@ -352,3 +352,73 @@ def test_a_tampered_incident_shows_not_verified_with_the_reason(world, portal, b
          ".includes('video refused')", 30, 'the refused video says why')
     assert 'SHA-256' in driver.find_element('id', 'video-source').text
     shot(driver, 'tampered.png')
+
+
+def test_bodycam_run_incident_is_listed_verified_and_plays_in_its_portal(tmp_path, browser):
+    """Issue 12, done when: after `bodycam run` the incident is listed verified in the portal
+    the run started, its video plays in Chromium, and the view is in the audit log."""
+    import re
+    import threading
+    import yaml
+    cfg = yaml.safe_load((ROOT / 'config' / 'sim.yaml').read_text())
+    cfg['/**/recorder']['ros__parameters'].update(pre_event_s=4.0, post_event_s=2.0)
+    (tmp_path / 'sim.yaml').write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, 'PYTHONPATH': str(ROOT / 'src'), 'PYTHONUNBUFFERED': '1'}
+    run = subprocess.Popen(
+        [sys.executable, '-m', 'bodycam_ros.cli', 'run', '--quiet', '--duration', '300',
+         '--config', str(tmp_path / 'sim.yaml'), '--evidence-dir', str(tmp_path / 'ev'),
+         '--bucket', f'file://{tmp_path / "bucket"}', '--key-dir', str(tmp_path / 'keys'),
+         '--agency', str(tmp_path / 'agency'), '--portal-state', str(tmp_path / 'portal'),
+         '--portal-port', '0', '--log-dir', str(tmp_path / 'logs')],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+        start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(run.stdout), daemon=True)
+    reader.start()
+
+    def printed(pattern: str, timeout_s: float = 180.0) -> re.Match:
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            for ln in list(lines):
+                if (m := re.match(pattern, ln)):
+                    return m
+            time.sleep(0.2)
+        raise AssertionError(f'no {pattern!r} in:\n' + '\n'.join(lines))
+
+    def trigger(what: str) -> None:
+        r = subprocess.run([sys.executable, '-m', 'bodycam_ros.cli', 'trigger', what,
+                            '--timeout', '120'], capture_output=True, text=True, env=env,
+                           timeout=150, cwd=ROOT)
+        assert r.returncode == 0, r.stdout + r.stderr
+
+    try:
+        url = printed(r'portal: (http://127\.0\.0\.1:\d+)/$').group(1)
+        password = printed(r'portal: admin password: (\S+)$').group(1)
+        trigger('start')
+        time.sleep(5.0)
+        trigger('stop')
+        t0 = time.monotonic()
+        log_in(browser, url, 'admin', password)
+        rows = listed(browser, 1, timeout_s=120)
+        print(f'stop to listed in the portal: {time.monotonic() - t0:.1f} s')
+        assert rows[0]['verified'] == 'true', rows
+        browser.find_element('css selector', f'tr[data-incident="{rows[0]["id"]}"] a').click()
+        wait(browser, 'return document.body.dataset.ready', 90, 'incident page ready')
+        browser.execute_script("document.getElementById('video').play()")
+        wait(browser, "const v = document.getElementById('video'); return v.currentTime > 1.0",
+             60, 'the run\'s video playing')
+        assert [e for e in browser.execute_script(
+            "return [...document.querySelectorAll('#events button')].map(b => b.className)")
+            if e == 'trigger'], 'no trigger on the timeline'
+        shot(browser, 'run-incident.png')
+        browser.get(url + '/audit')
+        wait(browser, 'return document.body.dataset.ready', 30, 'audit page')
+        acts = browser.execute_script("return [...document.querySelectorAll('#audit tbody tr')]"
+                                      ".map(r => r.dataset.action)")
+        assert 'incident_view' in acts and 'video' in acts, acts
+    finally:
+        run.send_signal(signal.SIGINT)
+        run.wait(120)
+        reader.join(10)
+    out = '\n'.join(lines)
+    assert run.returncode == 0 and 'unclean exits' not in out, out

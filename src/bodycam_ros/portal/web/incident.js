@@ -141,7 +141,9 @@ function niceStep(raw) {
 
 // ------------------------------------------------------------------ plots
 
-function plot(svgId, points, color) {
+// minSpan: the smallest y range drawn, so sensor noise on a still officer does not fill the
+// plot like violent motion; zero: start the axis at 0 for a non-negative quantity.
+function plot(svgId, points, color, minSpan, zero) {
   const { el } = Portal;
   const svg = $(svgId);
   const W = 300; const L = 30; const R = 294; const T = 8; const B = 128;
@@ -160,8 +162,12 @@ function plot(svgId, points, color) {
   }
   let vmin = Infinity; let vmax = -Infinity;
   for (const [, v] of points) { vmin = Math.min(vmin, v); vmax = Math.max(vmax, v); }
-  if (vmin > 0 && vmin < 0.3 * vmax) vmin = 0;
-  if (vmax - vmin < 1e-6) { vmax += 1; vmin -= vmin > 0 ? Math.min(1, vmin) : 1; }
+  if (zero && vmin >= 0) vmin = 0;
+  if (vmax - vmin < minSpan) {
+    const mid = (vmax + vmin) / 2;
+    vmin = zero && vmin >= 0 ? Math.max(0, mid - minSpan / 2) : mid - minSpan / 2;
+    vmax = vmin + minSpan;
+  }
   const y = (v) => B - (B - T) * (v - vmin) / (vmax - vmin);
   const ystep = niceStep((vmax - vmin) / 4);
   for (let v = Math.ceil(vmin / ystep) * ystep; v <= vmax + 1e-9; v += ystep) {
@@ -396,9 +402,9 @@ function redraw() {
   view.cursors = [];
   drawTimeline();
   const s = view.sensors || {};
-  plot('plot-speed', s.speed, '#1f5fbf');
-  plot('plot-accel', s.accel, '#7a2e8e');
-  plot('plot-tilt', s.tilt, '#0e7c66');
+  plot('plot-speed', s.speed, '#1f5fbf', 2, true);
+  plot('plot-accel', s.accel, '#7a2e8e', 4, false);   // around 1 g at rest
+  plot('plot-tilt', s.tilt, '#0e7c66', 30, true);
   drawTrack(s.track);
   updateCursors($('video').currentTime || 0);
 }
