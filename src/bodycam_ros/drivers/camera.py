@@ -1,4 +1,4 @@
-"""Where camera frames come from: a V4L2 device, a video file, or a test pattern.
+"""Where camera frames come from: a V4L2 device, a video file, a test pattern, or a ROS topic.
 
 Every source has the same small interface (:class:`FrameSource`): ``open()``, ``read()`` ->
 ``(frame_bgr, capture_time)``, ``close()``, plus ``width``, ``height``, ``fps`` and
@@ -8,12 +8,22 @@ at the configured size whatever the device or file delivers, so the encoder neve
 The test pattern burns a frame counter into the picture twice: as text for people, and as
 two rows of big black/white blocks (24-bit counter + CRC-8) that survive H.264, so tests and
 the live-view latency check read it back from decoded video with :func:`decode_frame_counter`.
-No ROS imports.
+
+The topic source (:class:`TopicSource`) is fed by the camera node's image subscription: it
+queues the newest messages and converts them on the capture thread, with cv_bridge where the
+node has it and otherwise :func:`image_to_bgr` / :func:`compressed_to_bgr` here (numpy and
+OpenCV only). Its size is the first frame's; a frame of another size, an unknown encoding or
+an undecodable payload raises :class:`BadFrame` (counted and skipped by the node).
+
+Times: ``read()`` returns the source's own capture time (UNIX s for device, file and test
+pattern: used only to estimate dropped frames; the node stamps with its ROS clock) or, for
+the topic source, the message's ``header.stamp`` (ROS s). No ROS imports.
 """
 from __future__ import annotations
 
 import math
 import os
+import queue
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -25,8 +35,9 @@ import av
 import cv2
 import numpy as np
 
-__all__ = ['CameraError', 'DeviceSource', 'EndOfFile', 'FileSource', 'FrameSource',
-           'TestPatternSource', 'decode_frame_counter', 'encode_frame_counter']
+__all__ = ['IMAGE_ENCODINGS', 'BadFrame', 'CameraError', 'DeviceSource', 'EndOfFile',
+           'FileSource', 'FrameSource', 'TestPatternSource', 'TopicSource', 'compressed_to_bgr',
+           'decode_frame_counter', 'encode_frame_counter', 'image_to_bgr']
 
 
 class CameraError(Exception):
@@ -37,10 +48,17 @@ class EndOfFile(CameraError):
     """A file source without ``loop`` has played its last frame."""
 
 
+class BadFrame(CameraError):
+    """One frame that cannot be used (unknown encoding, wrong size, undecodable): the caller
+    counts and skips it; the source stays open."""
+
+
 class FrameSource(ABC):
     """open / read / close over BGR frames of a fixed size, with a drop counter."""
 
     kind = 'source'
+    #: True when ``read()`` returns ROS time (a message stamp), not the source's own clock.
+    stamps_ros_time = False
 
     def __init__(self, width: int, height: int, fps: float) -> None:
         if width <= 0 or height <= 0:
@@ -429,13 +447,188 @@ class TestPatternSource(FrameSource):
         self._open = False
 
 
+# --------------------------------------------------------------------------- ROS image topic
+
+#: sensor_msgs/Image encodings :func:`image_to_bgr` converts: name -> (channels, cv2 code).
+_BAYER = {'rggb': ('COLOR_BayerRGGB2BGR', 'COLOR_BayerBG2BGR'),
+          'bggr': ('COLOR_BayerBGGR2BGR', 'COLOR_BayerRG2BGR'),
+          'gbrg': ('COLOR_BayerGBRG2BGR', 'COLOR_BayerGR2BGR'),
+          'grbg': ('COLOR_BayerGRBG2BGR', 'COLOR_BayerGB2BGR')}
+
+
+def _code(*names: str) -> int:
+    """The first OpenCV conversion code that exists (OpenCV renamed the Bayer ones in 4.x:
+    the old BayerBG2BGR is the RGGB pattern)."""
+    for name in names:
+        if hasattr(cv2, name):
+            return int(getattr(cv2, name))
+    raise CameraError(f'OpenCV has none of {names}')
+
+
+IMAGE_ENCODINGS: dict[str, tuple[int, int | None]] = {
+    'bgr8': (3, None), 'rgb8': (3, _code('COLOR_RGB2BGR')),
+    'bgra8': (4, _code('COLOR_BGRA2BGR')), 'rgba8': (4, _code('COLOR_RGBA2BGR')),
+    'mono8': (1, _code('COLOR_GRAY2BGR')), '8UC1': (1, _code('COLOR_GRAY2BGR')),
+    '8UC3': (3, None),
+    # ROS 'yuv422' is UYVY (U0 Y0 V0 Y1); 'yuv422_yuy2' and 'yuyv' are YUYV.
+    'yuv422': (2, _code('COLOR_YUV2BGR_UYVY')), 'uyvy': (2, _code('COLOR_YUV2BGR_UYVY')),
+    'yuv422_yuy2': (2, _code('COLOR_YUV2BGR_YUY2')), 'yuyv': (2, _code('COLOR_YUV2BGR_YUY2')),
+    **{f'bayer_{p}8': (1, _code(*names)) for p, names in _BAYER.items()},
+}
+
+
+def image_to_bgr(encoding: str, width: int, height: int, step: int, data: Any,
+                 is_bigendian: int = 0) -> np.ndarray:
+    """A ``sensor_msgs/Image`` payload as a ``height x width x 3`` uint8 BGR array.
+
+    ``data`` is anything exposing the buffer protocol (rclpy gives an ``array.array``; no
+    copy is made before the colour conversion). Row padding (``step`` > width * bytes per
+    pixel) is skipped. ``mono16``/``16UC1`` keep their high byte.
+
+    Raises:
+        BadFrame: an unknown encoding, a size that does not match the data, or zero size.
+    """
+    if encoding in ('mono16', '16UC1'):
+        if width <= 0 or height <= 0 or step < 2 * width:
+            raise BadFrame(f'image {width}x{height} step {step}: bad geometry for {encoding}')
+        buf = np.frombuffer(data, np.dtype('>u2' if is_bigendian else '<u2'))
+        need = (height - 1) * (step // 2) + width
+        if step % 2 or buf.size < need:
+            raise BadFrame(f'image {width}x{height} {encoding}: {buf.size * 2} bytes, step '
+                           f'{step}')
+        rows = np.lib.stride_tricks.as_strided(buf, (height, width), (step, 2))
+        return cv2.cvtColor((rows >> 8).astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    try:
+        channels, code = IMAGE_ENCODINGS[encoding]
+    except KeyError:
+        raise BadFrame(f'unknown image encoding {encoding!r}; known: '
+                       f'{", ".join(sorted(IMAGE_ENCODINGS))}, mono16') from None
+    row = width * channels
+    if width <= 0 or height <= 0 or step < row:
+        raise BadFrame(f'image {width}x{height} {encoding}: step {step} < {row}')
+    buf = np.frombuffer(data, np.uint8)
+    if buf.size < (height - 1) * step + row:
+        raise BadFrame(f'image {width}x{height} {encoding} step {step}: only {buf.size} bytes')
+    img = np.lib.stride_tricks.as_strided(buf, (height, width, channels), (step, channels, 1))
+    if channels == 1:
+        img = img[:, :, 0]
+    if code is None:
+        return np.ascontiguousarray(img)
+    if encoding.startswith('bayer_') or encoding in ('yuv422', 'uyvy', 'yuv422_yuy2', 'yuyv'):
+        img = np.ascontiguousarray(img)      # OpenCV wants whole rows for these
+    return cv2.cvtColor(img, code)
+
+
+def compressed_to_bgr(fmt: str, data: Any) -> np.ndarray:
+    """A ``sensor_msgs/CompressedImage`` (jpeg or png; ``format`` as image_transport writes
+    it, e.g. ``jpeg`` or ``bgr8; jpeg compressed bgr8``) as a BGR array.
+
+    Raises:
+        BadFrame: another format (h264 and friends are not images), or undecodable bytes.
+    """
+    kind = fmt.lower()
+    if not any(k in kind for k in ('jpeg', 'jpg', 'png')):
+        raise BadFrame(f'compressed image format {fmt!r}: only jpeg or png')
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise BadFrame(f'compressed image ({fmt}): {len(data)} bytes do not decode')
+    return img
+
+
+class TopicSource(FrameSource):
+    """Frames from a ROS image topic: the node pushes messages, the capture thread reads.
+
+    ``convert(msg) -> (bgr, stamp)`` turns a message into a frame (the node's cv_bridge or
+    the numpy path); it runs in :meth:`read`, on the capture thread, so a slow conversion
+    drops queued messages (counted in ``dropped``) instead of blocking the executor. The
+    size is set by the first frame (cropped to even width/height for yuv420p); a later frame
+    of another size raises :class:`BadFrame`. No message for ``timeout_s`` is a
+    :class:`CameraError` (reported and retried like an unplugged camera).
+    """
+
+    kind = 'topic'
+    stamps_ros_time = True
+
+    def __init__(self, topic: str, fps: float, convert: Callable[[Any], tuple[np.ndarray, float]],
+                 *, timeout_s: float = 5.0, depth: int = 2) -> None:
+        super().__init__(16, 16, fps)
+        self.topic, self._convert, self.timeout_s = topic, convert, timeout_s
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self.size: tuple[int, int] | None = None    # (width, height) once the first frame came
+        self._open = False
+
+    @property
+    def description(self) -> str:
+        return f'topic {self.topic}'
+
+    def push(self, msg: Any) -> None:
+        """Queue a message (any thread); the oldest queued one goes if the reader is behind."""
+        while True:
+            try:
+                self._queue.put_nowait(msg)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
+
+    def open(self) -> None:
+        self._open = True
+
+    def read(self) -> tuple[np.ndarray, float]:
+        if not self._open:
+            raise CameraError(f'topic {self.topic}: not open')
+        deadline = time.monotonic() + self.timeout_s
+        while True:             # short waits, so close() from another thread ends a read fast
+            try:
+                msg = self._queue.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if not self._open:
+                    raise CameraError(f'topic {self.topic}: closed') from None
+                if time.monotonic() >= deadline:
+                    raise CameraError(f'topic {self.topic}: no image for {self.timeout_s:g} s '
+                                      '(is the publisher running, and the topic remapped '
+                                      'right?)') from None
+        try:
+            frame, t = self._convert(msg)
+        except (cv2.error, ValueError, TypeError) as exc:
+            raise BadFrame(f'topic {self.topic}: cannot convert: {exc}') from exc
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise BadFrame(f'topic {self.topic}: converted frame {frame.shape} {frame.dtype} '
+                           'is not 8-bit BGR')
+        h, w = frame.shape[:2]
+        if h % 2 or w % 2:
+            frame = frame[:h - h % 2, :w - w % 2]
+            h, w = frame.shape[:2]
+        if self.size is None:
+            self.size = (w, h)
+            self.width, self.height = w, h
+        elif self.size != (w, h):
+            raise BadFrame(f'topic {self.topic}: frame size {w}x{h} changed from '
+                           f'{self.size[0]}x{self.size[1]} (the encoder keeps its size)')
+        return frame, t
+
+    def close(self) -> None:
+        self._open = False
+
+
 def open_source(kind: str, *, width: int, height: int, fps: float, device: str = '/dev/video0',
-                path: str = '', loop: bool = True) -> FrameSource:
-    """Build (not open) the source ``kind`` (device | file | test_pattern)."""
+                path: str = '', loop: bool = True, topic: str = 'image_raw',
+                convert: Callable[[Any], tuple[np.ndarray, float]] | None = None
+                ) -> FrameSource:
+    """Build (not open) the source ``kind`` (device | file | test_pattern | topic; a topic
+    needs ``convert``, the node's message -> (bgr, stamp) function)."""
+    if kind == 'topic':
+        if convert is None:
+            raise CameraError('topic source needs a message converter')
+        return TopicSource(topic, fps, convert)
     if kind == 'device':
         return DeviceSource(device, width, height, fps)
     if kind == 'file':
         return FileSource(path, width, height, fps, loop=loop)
     if kind == 'test_pattern':
         return TestPatternSource(width, height, fps)
-    raise CameraError(f'unknown camera source {kind!r}: device, file or test_pattern')
+    raise CameraError(f'unknown camera source {kind!r}: device, file, test_pattern or topic')
