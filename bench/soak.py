@@ -210,6 +210,10 @@ class Officer(threading.Thread):
         self.namespace = namespace
         self.rng = random.Random(plan.seed * 7919 + 1)
         self.log = OfficerLog()
+        #: header stamps of every camera/h264 message this process received
+        self.stamps: list[float] = []
+        #: set once the graph is down: stop listening
+        self.quit = threading.Event()
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -227,11 +231,27 @@ class Officer(threading.Thread):
 
         from bodycam_ros.commands.trigger import SERVICES
 
+        from sensor_msgs.msg import CompressedImage
+
+        from bodycam_ros.rosutil import VIDEO_QOS
+
         ctx = Context()
         rclpy.init(context=ctx, signal_handler_options=SignalHandlerOptions.NO)
         node = rclpy.create_node('soak_officer', namespace=self.namespace, context=ctx)
         ex = SingleThreadedExecutor(context=ctx)
         ex.add_node(node)
+        # The baseline for "frames missing from an incident": what the camera published.
+        node.create_subscription(
+            CompressedImage, 'camera/h264',
+            lambda m: self.stamps.append(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9),
+            VIDEO_QOS)
+
+        def wait(seconds: float) -> bool:
+            """Spin (camera stamps keep coming) for ``seconds``; True when told to stop."""
+            end = time.monotonic() + seconds
+            while not self.done.is_set() and time.monotonic() < end:
+                ex.spin_once(timeout_sec=min(0.1, max(0.0, end - time.monotonic())))
+            return self.done.is_set()
         start = node.create_client(Trigger, SERVICES['start'])
         stop = node.create_client(Trigger, SERVICES['stop'])
         draw = node.create_client(SetBool, 'holster/set_drawn')
@@ -257,26 +277,26 @@ class Officer(threading.Thread):
                     self.log.unanswered += 1
                 else:
                     self.log.refused += 1
-                self.done.wait(2.0)
+                wait(2.0)
             return False
 
         try:
-            while not self.done.wait(self.rng.uniform(*self.plan.trigger_every)):
+            while not wait(self.rng.uniform(*self.plan.trigger_every)):
                 hold = self.rng.uniform(*self.plan.hold)
                 if self.rng.random() < self.plan.draw_p:
                     if not until_accepted(draw, SetBool.Request(data=True), 'draw', 30.0):
                         continue
                     self.log.draws += 1
                     self.log.recording = True
-                    self.done.wait(hold)
+                    wait(hold)
                     until_accepted(draw, SetBool.Request(data=False), 'holster', 60.0)
-                    self.done.wait(0.5)                    # the holster's debounce
+                    wait(0.5)                              # the holster's debounce
                 else:
                     if not until_accepted(start, Trigger.Request(), 'start', 30.0):
                         continue
                     self.log.starts += 1
                     self.log.recording = True
-                    self.done.wait(hold)
+                    wait(hold)
                 if self.done.is_set():
                     break
                 if until_accepted(stop, Trigger.Request(), 'stop', 60.0):
@@ -284,6 +304,8 @@ class Officer(threading.Thread):
                     self.log.recording = False
                 elif not self.done.is_set():
                     self.log.given_up += 1
+            while not self.quit.is_set():        # camera stamps until the graph is down
+                ex.spin_once(timeout_sec=0.1)
         finally:
             ex.shutdown()
             node.destroy_node()
@@ -423,10 +445,20 @@ def read_log(path: Path, kind: str) -> list:
     return out
 
 
-def coverage(client, fps: float, post_event_s: float) -> tuple[list[dict], list[str]]:
-    """What each incident in the bucket holds, from its signed manifest: video span, frames
-    missing inside it, look-back before the first trigger, post-roll after the last stop.
-    Returns the rows and a finding for each incident that lost video inside its span."""
+def coverage(client, stamps: list[float], fps: float) -> tuple[list[dict], list[str]]:
+    """What each incident in the bucket holds, from its signed manifest, against what the
+    camera published (``stamps``, received by the officer's node): frames the camera sent
+    inside the incident's video span that are not in it (``missing``), before its first
+    frame within the look-back (``head``), after its last frame within the post-roll
+    (``tail``). Returns the rows and a finding for each incident that lost more than a
+    second of video."""
+    import bisect
+    stamps = sorted(stamps)
+
+    def between(a: float, b: float, lo_open: bool = False) -> int:
+        lo = bisect.bisect_right(stamps, a) if lo_open else bisect.bisect_left(stamps, a)
+        return max(0, bisect.bisect_right(stamps, b) - lo)
+
     rows, findings = [], []
     for page in client.get_paginator('list_objects_v2').paginate(Bucket=BUCKET):
         for o in page.get('Contents', []):
@@ -439,25 +471,31 @@ def coverage(client, fps: float, post_event_s: float) -> tuple[list[dict], list[
             first, last = v.get('first_stamp'), v.get('last_stamp')
             trig = [t['time'] for t in m.get('triggers') or [] if 'time' in t]
             stops = [t['time'] for t in m.get('stops') or [] if 'time' in t]
-            span = (last - first) if first is not None and last is not None else None
-            missing = (span - (frames - 1) / fps) if span is not None and frames else None
+            pre, post = m.get('pre_event_s') or 0.0, m.get('post_event_s') or 0.0
             row = {'incident_id': m.get('incident_id'), 'sequence': m.get('sequence'),
-                   'reasons': sorted({t.get('reason') for t in m.get('triggers') or []}),
+                   'reasons': sorted({str(t.get('reason')) for t in m.get('triggers') or []}),
                    'end_reason': m.get('end_reason'), 'recovered': m.get('recovered'),
-                   'frames': frames, 'span_s': span, 'missing_s': missing,
-                   'lookback_s': (min(trig) - first) if trig and first is not None else None,
-                   'post_roll_s': (last - max(stops)) if stops and last is not None else None,
+                   'frames': frames, 'published': None, 'missing': None, 'head': None,
+                   'tail': None,
+                   'span_s': (last - first) if first is not None and last is not None
+                   else None,
                    'incomplete_files': sorted(n for n, f in (m.get('files') or {}).items()
                                               if f.get('complete') is False)}
+            if first is not None and last is not None and stamps:
+                row['published'] = between(first, last)
+                row['missing'] = max(0, row['published'] - (frames or 0))
+                if trig:
+                    row['head'] = between(min(trig) - pre, first - 1e-6)
+                if stops and row['end_reason'] == 'post_roll':
+                    row['tail'] = between(last, max(stops) + post, lo_open=True)
             rows.append(row)
-            if missing is not None and missing > 1.0:
-                findings.append(f'incident {row["incident_id"]} (seq {row["sequence"]}, '
-                                f'{row["end_reason"]}): {missing:.1f} s of its '
-                                f'{span:.1f} s video span missing ({frames} frames)')
-            if row['end_reason'] == 'post_roll' and row['post_roll_s'] is not None and \
-                    row['post_roll_s'] < post_event_s - 1.0:
-                findings.append(f'incident {row["incident_id"]}: post-roll '
-                                f'{row["post_roll_s"]:.1f} s < {post_event_s:g} s')
+            lost_frames = (row['missing'] or 0) + (row['tail'] or 0)
+            if lost_frames > fps:
+                findings.append(
+                    f'incident {row["incident_id"]} (seq {row["sequence"]}, '
+                    f'{row["end_reason"]}): {lost_frames} of the camera\'s frames '
+                    f'({lost_frames / fps:.1f} s) are not in it: {row["missing"]} inside its '
+                    f'{row["span_s"]:.1f} s span, {row["tail"] or 0} of its post-roll')
     rows.sort(key=lambda r: r['sequence'] or 0)
     return rows, findings
 
@@ -512,7 +550,8 @@ class Report:
         return bool(self.lost or self.duplicated or not self.bucket_ok)
 
 
-def run(plan: Plan, work: Path, echo: Callable[[str], None] = print) -> Report:
+def run(plan: Plan, work: Path, echo: Callable[[str], None] = print,
+        keep_evidence: bool = False) -> Report:
     from s3util import ACCESS_KEY, SECRET_KEY, S3Server, credentials_file
 
     # A DDS domain of our own (tests use 1-200), set before this process loads rclpy.
@@ -634,6 +673,7 @@ def run(plan: Plan, work: Path, echo: Callable[[str], None] = print) -> Report:
         else:
             stop_code = proc.returncode
         out.close()
+        officer.quit.set()
         officer.join(30)
     run_out = (work / 'run.out').read_text(errors='replace')
     if stop_code not in (0, None):
@@ -705,7 +745,7 @@ def run(plan: Plan, work: Path, echo: Callable[[str], None] = print) -> Report:
     if quarantined:
         findings.append(f'quarantined: {sorted(quarantined)}')
 
-    incidents, gaps = coverage(s3.client(), plan.fps, plan.post_event_s)
+    incidents, gaps = coverage(s3.client(), officer.stamps, plan.fps)
     findings += gaps
     versions = s3.versions(BUCKET)
     duplicated = {k: n for k, n in versions.items()
@@ -769,6 +809,8 @@ def run(plan: Plan, work: Path, echo: Callable[[str], None] = print) -> Report:
             shutil.copy2(ev / name, work / name)
     if (ev / QUARANTINE).is_dir():
         shutil.copytree(ev / QUARANTINE, work / 'quarantine', dirs_exist_ok=True)
+    if keep_evidence:
+        shutil.copytree(ev, work / 'evidence', dirs_exist_ok=True, symlinks=True)
     disk.close()
     proxy.close()
     s3.close()
@@ -817,18 +859,22 @@ def table(rep: Report) -> str:
                      f'{("%+10.1f" % slope) if slope is not None else "       n/a"} '
                      f'{n["slope_covered_s"]:6.0f} {n["fds_max"]:7d} {n["cpu_mean_pct"]:6.1f}')
     if rep.incidents:
-        lines += ['', f'{"seq":>4} {"incident":8} {"end":9} {"span s":>6} {"frames":>6} '
-                  f'{"missing s":>9} {"look-back s":>11} {"post-roll s":>11}  reasons']
+        lines += ['', 'incidents in the bucket (frames: recorded / published by the camera '
+                  'in its span; missing inside, before it in the look-back, after it in the '
+                  'post-roll):',
+                  f'{"seq":>4} {"incident":8} {"end":9} {"span s":>6} {"frames":>6} '
+                  f'{"publ.":>6} {"missing":>7} {"head":>5} {"tail":>5}  reasons']
 
-        def f(x, w):
-            return f'{x:{w}.1f}' if isinstance(x, (int, float)) else f'{"-":>{w}}'
+        def f(x, w, fmt='d'):
+            return f'{x:{w}{fmt}}' if isinstance(x, (int, float)) else f'{"-":>{w}}'
         for r in rep.incidents:
             lines.append(f'{r["sequence"] or 0:4d} {str(r["incident_id"])[:8]:8} '
-                         f'{str(r["end_reason"]):9} {f(r["span_s"], 6)} '
-                         f'{r["frames"] if r["frames"] is not None else "-":>6} '
-                         f'{f(r["missing_s"], 9)} {f(r["lookback_s"], 11)} '
-                         f'{f(r["post_roll_s"], 11)}  {",".join(map(str, r["reasons"]))}'
-                         f'{"  recovered" if r["recovered"] else ""}')
+                         f'{str(r["end_reason"]):9} {f(r["span_s"], 6, ".1f")} '
+                         f'{f(r["frames"], 6)} {f(r["published"], 6)} {f(r["missing"], 7)} '
+                         f'{f(r["head"], 5)} {f(r["tail"], 5)}  '
+                         f'{",".join(r["reasons"])}'
+                         f'{"  recovered" if r["recovered"] else ""}'
+                         f'{"  incomplete " + ",".join(r["incomplete_files"]) if r["incomplete_files"] else ""}')
     if rep.bucket_problems:
         lines += ['', 'bucket problems:'] + [f'  {p}' for p in rep.bucket_problems]
     if rep.findings:
@@ -846,11 +892,12 @@ def main(argv: list[str] | None = None) -> int:
                     help='tmpfs size for the evidence directory (default 96 MiB)')
     ap.add_argument('--json', type=Path, default=None, help='also write the report here')
     ap.add_argument('--keep', action='store_true',
-                    help='keep the work dir (logs, ledger, verify output) even on PASS')
+                    help='keep the work dir (logs, ledger, verify output) even on PASS, '
+                    'with a copy of the evidence directory')
     args = ap.parse_args(argv)
     plan = Plan(minutes=args.minutes, seed=args.seed, disk_mib=args.disk_mib)
     work = Path(tempfile.mkdtemp(prefix='bodycam-soak-'))
-    rep = run(plan, work)
+    rep = run(plan, work, keep_evidence=args.keep)
     print(table(rep), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rep.__dict__, indent=2, default=str))
