@@ -19,6 +19,8 @@ setup(
         (f'share/{PACKAGE}', ['package.xml']),
         (f'share/{PACKAGE}/launch', glob('launch/*.launch.py')),
         (f'share/{PACKAGE}/config', glob('config/*.yaml')),
+        (f'share/{PACKAGE}/gazebo/worlds', glob('gazebo/worlds/*.sdf')),
+        (f'share/{PACKAGE}/gazebo/config', glob('gazebo/config/*.yaml')),
     ],
     install_requires=['setuptools'],
     zip_safe=False,

@@ -5,6 +5,7 @@ the QoS the graph's nodes use, so a QoS the graph could not match fails here.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -224,3 +225,119 @@ def test_bad_arguments_exit_2_naming_the_value(start_process, tmp_path):
         assert p.proc.wait(60) == 2 and word in p.output(), p.output()
     p = start_process('bodycam_ros.cli', 'replay', str(tmp_path / 'missing.mcap'))
     assert p.proc.wait(60) == 2 and 'missing.mcap' in p.output()
+
+
+# ---------------------------------------------------------------- bodycam run --replay
+
+SKIP_S = 85.0            # as test_patrol: the graph starts out of the car, inside the mile
+DOWN_HOLD_S = DISMISS_S = 3.0
+ORDER = ['dispatch_proximity', 'foot_pursuit', 'holster', 'fight', 'officer_down']
+
+
+def _timeline(mcap: Path) -> tuple[dict[str, float], list[float], list[str]]:
+    """From an incident's sensors.mcap (bag time): first WARN per trigger source, the
+    officer-down alert's raise times, and the recorder start reasons in order."""
+    from bodycam_ros.core.sidecar import read_mcap
+    warn: dict[str, float] = {}
+    raised: list[float] = []
+    starts: list[str] = []
+    for topic, _, t_ns, msg in read_mcap(mcap):
+        t = t_ns / 1e9
+        if topic.endswith('bodycam/triggers'):
+            for st in msg.status:
+                src = st.name.removeprefix('trigger/')
+                if st.level == DiagnosticStatus.WARN and src not in warn:
+                    warn[src] = t
+        elif topic.endswith('bodycam/alerts'):
+            if {kv.key: kv.value for kv in msg.values}.get('state') == 'raised':
+                raised.append(t)
+        elif topic.endswith('recorder/command') and msg.name == 'start':
+            starts.append({kv.key: kv.value for kv in msg.values}['reason'])
+    return warn, raised, starts
+
+
+def _sealed(evidence: Path) -> list[Path]:
+    return sorted((evidence / 'spool').glob('*/manifest.json'))
+
+
+def _record_patrol(tmp_path: Path, start_process) -> Path:
+    """A real sealed patrol incident (plaintext), from draw to officer down: the sim nodes,
+    trigger_fusion and the recorder in their own processes, as test_patrol starts them."""
+    from bodycam_ros import bringup
+    from conftest import ROOT
+    start = time.time() - SKIP_S
+    evidence = tmp_path / 'field'
+    common = {'scenario': 'patrol', 'scenario_start': start}
+    extra = {'trigger_fusion': dict(down_hold_s=DOWN_HOLD_S, dismiss_s=DISMISS_S),
+             'recorder': dict(evidence_dir=str(evidence), key_dir=str(tmp_path / 'keys'),
+                              encrypt=False, provision_on_first_run=True, min_free_bytes=0)}
+    procs = {}
+    for name in ('recorder', 'imu', 'gps', 'holster', 'dispatch_bridge', 'trigger_fusion'):
+        files = [ROOT / 'config' / 'sim.yaml', bringup.write_overrides(
+            tmp_path / f'{name}.yaml', {**common, **extra.get(name, {})}, [name])]
+        argv = bringup.node_argv(name, files)
+        procs[name] = start_process(argv[2], *argv[3:])
+    fall_t = 138.0
+    alert_due = fall_t + 0.5 + DOWN_HOLD_S + DISMISS_S + 1.5
+    deadline = time.monotonic() + alert_due - SKIP_S + 60
+    log = procs['trigger_fusion']
+    while 'officer_down alert' not in log.output() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert 'officer_down alert' in log.output(), log.output()[-3000:]
+    time.sleep(4.0)                  # some bag after the alert
+    for name in ('imu', 'gps', 'holster', 'dispatch_bridge', 'trigger_fusion', 'recorder'):
+        assert procs[name].stop() == 0, procs[name].output()[-2000:]
+    (manifest,) = _sealed(evidence)
+    return manifest.parent / 'sensors.mcap'
+
+
+def _replay_params(tmp_path: Path, name: str) -> tuple[Path, Path]:
+    import yaml
+
+    from conftest import ROOT
+    doc = yaml.safe_load((ROOT / 'config' / 'sim.yaml').read_text())
+    doc['/**/trigger_fusion']['ros__parameters'].update(down_hold_s=DOWN_HOLD_S,
+                                                       dismiss_s=DISMISS_S)
+    evidence = tmp_path / name
+    doc['/**/recorder']['ros__parameters'].update(evidence_dir=str(evidence), encrypt=False,
+                                                  min_free_bytes=0)
+    path = tmp_path / f'{name}.yaml'
+    path.write_text(yaml.safe_dump(doc))
+    return path, evidence
+
+
+@pytest.mark.slow
+def test_run_replay_of_a_patrol_incident_reproduces_its_triggers_and_alert(start_process,
+                                                                           tmp_path):
+    bag = _record_patrol(tmp_path, start_process)
+    warn0, raised0, starts0 = _timeline(bag)
+    with core.Bag(bag) as b:
+        held = {t.name: t.count for t in b.topics}
+    assert [s for s in sorted(warn0, key=warn0.get) if s in ORDER] == ORDER, (warn0, held)
+    assert raised0 and starts0 == ORDER, (raised0, starts0)
+    sha = core.bag_sha256(bag)
+    for rate in (1.0, 4.0):
+        params, evidence = _replay_params(tmp_path, f'replay{rate:g}')
+        proc = start_process(
+            'bodycam_ros.cli', 'run', '--replay', str(bag), '--rate', str(rate),
+            '--config', str(params), '--nodes', 'trigger_fusion,recorder', '--no-portal',
+            '--quiet', '--key-dir', str(tmp_path / 'keys2'), '--agency', str(tmp_path / 'ag'),
+            '--log-dir', str(tmp_path / f'logs{rate:g}'))
+        budget = 120 + (warn0['officer_down'] - min(warn0.values())) / rate + 60
+        assert proc.proc.wait(budget) == 0, proc.output()[-4000:]
+        out = proc.output()
+        assert 'the bag has played' in out, out[-3000:]
+        (manifest,) = _sealed(evidence)
+        m = json.loads(manifest.read_text())
+        assert m['replay'] == {'bag': str(bag.resolve()), 'sha256': sha}, m['replay']
+        assert m['clock'] == 'sim'
+        warn, raised, starts = _timeline(manifest.parent / 'sensors.mcap')
+        assert [s for s in sorted(warn, key=warn.get) if s in ORDER] == ORDER, (rate, warn)
+        for src in ORDER:
+            assert abs(warn[src] - warn0[src]) <= 1.0, (rate, src, warn[src], warn0[src])
+        assert raised and abs(raised[0] - raised0[0]) <= 1.0, (rate, raised, raised0)
+        assert starts == starts0, (rate, starts)
+        # It can never pass for field evidence: verify says so.
+        v = start_process('bodycam_ros.cli', 'verify', str(manifest.parent))
+        v.proc.wait(120)
+        assert 'REPLAY ' in v.output() and 'NOT field evidence' in v.output(), v.output()

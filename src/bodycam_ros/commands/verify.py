@@ -482,6 +482,21 @@ def _summary(res: Result) -> str:
              ' (integrity only)'))
 
 
+def _replays(incidents: list) -> list[str]:
+    """A line for every incident whose signed manifest says it was made from a replay."""
+    out = []
+    for c in incidents:
+        try:
+            replay = json.loads((c.path / 'manifest.json').read_text()).get('replay')
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(replay, dict):
+            out.append(f'REPLAY {c.incident_id or c.path.name}: made by replaying '
+                       f'{replay.get("bag")} (sha256 {replay.get("sha256")}); NOT field '
+                       'evidence')
+    return out
+
+
 def print_result(res: Result, as_json: bool, compact: bool) -> None:
     if as_json:
         print(json.dumps(res.as_dict(), indent=None if compact else 2))
@@ -494,6 +509,8 @@ def print_result(res: Result, as_json: bool, compact: bool) -> None:
                   f'{f"{head.seq}:{head.sha256}" if head else "-"}: {state}')
             for note in d.notes:
                 print(f'  note: {note}')
+            for line in _replays(d.integrity.incidents):
+                print(f'  {line}')
         for note in res.notes:
             print(f'note: {note}')
         print(_summary(res))

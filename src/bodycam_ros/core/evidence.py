@@ -64,6 +64,9 @@ Top-level keys (all always present)::
                           {"fixes": null} when unknown
     recovered             bool: sealed after a crash (or after the muxer failed at close)
     recovery              null, or what recovery found (free-form details)
+    replay                null for field evidence; {"bag": path, "sha256": hex} when the
+                          inputs were a replayed rosbag2 (``bodycam run --replay``): NOT
+                          field evidence. Absent in older manifests: null.
     files                 {name on disk: entry} for EVERY file in the incident directory
                           except manifest.json, manifest.sig and upload.json
 

@@ -101,7 +101,8 @@ class RecorderNode(Node):
             fragment_s=p['fragment_s'], min_free_bytes=p['min_free_bytes'],
             device_id=device_id, officer_id=p['officer_id'],
             software_version=bodycam_ros.__version__,
-            clock='sim' if self.get_parameter('use_sim_time').value else 'ros'),
+            clock='sim' if self.get_parameter('use_sim_time').value else 'ros',
+            replay_bag=p['replay_bag'], replay_bag_sha256=p['replay_bag_sha256']),
             clock=self._now,
             recipients=[decode_recipient(recipient)] if recipient else None,
             recipient=recipient or '', ledger=ledger, audit=audit)
@@ -243,6 +244,9 @@ class RecorderNode(Node):
                                     max_value=1 << 50),
             'fragment_s': d('fragment_s', 1.0, 'longest MP4 fragment = most video a crash '
                             'can lose [s]', min_value=0.1, max_value=1.0),
+            'replay_bag': d('replay_bag', '', 'the rosbag2 this run replays (bodycam run '
+                            '--replay sets it): marks every manifest as a replay'),
+            'replay_bag_sha256': d('replay_bag_sha256', '', "that bag's SHA-256"),
             'status_period_s': d('status_period_s', 1.0, 'recorder/status period [s]',
                                  min_value=0.05, max_value=60.0),
         }

@@ -70,6 +70,10 @@ class RecorderConfig:
     software_version: str = '0'
     #: What ``clock`` runs on: 'ros' (system clock = UNIX time) or 'sim' (``/clock``).
     clock: str = 'ros'
+    #: Set when the inputs are a replayed bag (``bodycam run --replay``): its path and
+    #: SHA-256 go into every manifest, so a replay never passes for field evidence.
+    replay_bag: str = ''
+    replay_bag_sha256: str = ''
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,8 @@ class Recorder:
                   'pre_event_s': self.cfg.pre_event_s, 'post_event_s': self.cfg.post_event_s,
                   'wall_time': self._wall(), 'ros_time': cmd.received,
                   'clock': self.cfg.clock,
+                  'replay': {'bag': self.cfg.replay_bag, 'sha256': self.cfg.replay_bag_sha256}
+                  if self.cfg.replay_bag else None,
                   'clip_start': snap.start_t, 'encryption': dict(self._encryption)}
         self._put('open', (self._incident_id, opened, snap, record))
         lookback = (cmd.trigger_time - snap.start_t) if snap.start_t is not None else 0.0

@@ -139,6 +139,7 @@ def seal(store: EvidenceStore, directory: Path, key: Any, ident: Identity,
         'files': files,
         'recovered': bool(recovered),
         'recovery': recovery,
+        'replay': opened.get('replay'),
     }
     sha = ev.sign_into(directory, manifest, key)
     os.chmod(directory, 0o700)
