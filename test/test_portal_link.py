@@ -185,3 +185,57 @@ def test_a_unit_that_dialed_another_origin_is_refused(tmp_path, signers):
             assert '4403' in c.last_error
         finally:
             c.stop()
+
+
+def test_offline_while_recording_raises_an_alert_and_ack_is_audited(tmp_path, signers):
+    ours = _agency(tmp_path / 'agency', ('unit-a', signers['unit-a']))
+    srv, pw = _portal(tmp_path, ours)
+    with srv:
+        s = _login(srv.url, pw)
+        c = _client(srv.url, signers['unit-a'], 'unit-a', stream_while_recording=False)
+        c.set_state(recorder_state='RECORDING', incident_id='inc-7',
+                    position=pl.Position(40.7, -74.0))
+        c.start()
+        try:
+            assert wait_until(lambda: [u for u in s.get(srv.url + '/api/units').json()
+                                       if u['online'] and u['recording']])
+            assert s.get(srv.url + '/api/alerts').json() == []
+        finally:
+            c.stop()                          # the link goes away while the unit records
+        alerts = wait_until(lambda: s.get(srv.url + '/api/alerts').json())
+        assert len(alerts) == 1, alerts
+        a = alerts[0]
+        assert a['kind'] == 'offline_while_recording' and a['status'] == 'open'
+        assert a['device_id'] == 'unit-a' and a['incident_id'] == 'inc-7'
+        assert a['position'] == {'latitude': 40.7, 'longitude': -74.0}
+        u = [u for u in s.get(srv.url + '/api/units').json() if u['device_id'] == 'unit-a'][0]
+        assert not u['online'] and u['recording'] and u['last_seen'] > 0   # last known state
+        # roles: an auditor may not see the fleet; a dispatcher may ack, once
+        for name, role in (('aud', 'auditor'), ('disp', 'dispatcher')):
+            r = s.post(srv.url + '/api/users', json={'user': name, 'role': role,
+                                                      'password': 'p' * 12})
+            assert r.status_code == 201, r.text
+        aud = requests.Session()
+        aud.post(srv.url + '/api/login', json={'user': 'aud', 'password': 'p' * 12})
+        assert aud.get(srv.url + '/api/alerts').status_code == 403
+        disp = requests.Session()
+        csrf = disp.post(srv.url + '/api/login', json={'user': 'disp', 'password': 'p' * 12}
+                         ).json()['csrf']
+        assert disp.post(f'{srv.url}/api/alerts/{a["id"]}/ack').status_code == 403   # no CSRF
+        r = disp.post(f'{srv.url}/api/alerts/{a["id"]}/ack', headers={'X-CSRF-Token': csrf})
+        assert r.status_code == 200 and r.json()['ack_by'] == 'disp', r.text
+        assert disp.get(srv.url + '/api/alerts', params={'status': 'open'}).json() == []
+        rows = s.get(srv.url + '/api/audit', params={'action': 'alert_ack'}).json()['items']
+        assert rows[0]['user'] == 'disp' and rows[0]['details']['alert_id'] == a['id']
+        # a dispatch to the offline unit is queued, not lost
+        r = disp.post(f'{srv.url}/api/units/unit-a/dispatch', json={'latitude': 1.5,
+                      'longitude': 2.5}, headers={'X-CSRF-Token': csrf})
+        assert r.status_code == 202 and r.json()['queued'], r.text
+        got = []
+        c2 = _client(srv.url, signers['unit-a'], 'unit-a', on_dispatch=got.append)
+        c2.start()
+        try:
+            assert wait_until(lambda: got), 'the queued dispatch never reached the unit'
+            assert (got[0].latitude, got[0].longitude) == (1.5, 2.5) and got[0].by == 'disp'
+        finally:
+            c2.stop()

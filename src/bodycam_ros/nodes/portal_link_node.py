@@ -35,6 +35,7 @@ from typing import Any
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, NavSatFix, NavSatStatus
+from std_msgs.msg import Bool
 
 from bodycam_ros.core import keys
 from bodycam_ros.core import portal_link as pl
@@ -168,7 +169,12 @@ class PortalClient:
 
     # -- the link thread ----------------------------------------------------------------
     def _run(self) -> None:
-        asyncio.run(self._main())
+        while not self._stopping:
+            try:
+                asyncio.run(self._main())
+            except Exception as exc:  # noqa: BLE001 - the link must outlive any bug: retry
+                self.last_error = f'link thread: {type(exc).__name__}: {exc}'
+                time.sleep(1.0)
 
     async def _main(self) -> None:
         from websockets.asyncio.client import connect
@@ -423,6 +429,9 @@ class PortalLinkNode(Node):
         self.create_subscription(DiagnosticStatus, 'recorder/status', self._on_recorder,
                                  SENSOR_QOS)
         self.create_subscription(NavSatFix, 'gps/fix', self._on_fix, SENSOR_QOS)
+        # The holster's own debounced topic, not trigger_fusion's periodic status: the alert
+        # leaves the moment the weapon is out.
+        self.create_subscription(Bool, 'holster/weapon_drawn', self._on_drawn, LATCHED_QOS)
         self.create_subscription(CompressedImage, 'camera/h264', self._on_h264, VIDEO_QOS)
         self.diag = Diagnostics(self, hardware_id=f'portal:{self.client.origin}')
         self.create_timer(1.0, self._report)
@@ -431,7 +440,13 @@ class PortalLinkNode(Node):
                                f'(key {signer.key_id[:16]})')
 
     def _log(self, level: str, msg: str) -> None:      # link thread
-        getattr(self.get_logger(), level)(msg)
+        # One call site per severity: rclpy refuses a second severity from the same line.
+        if level == 'error':
+            self.get_logger().error(msg)
+        elif level == 'warning':
+            self.get_logger().warning(msg)
+        else:
+            self.get_logger().info(msg)
 
     # -- topics in -------------------------------------------------------------------------
     def _position(self) -> pl.Position | None:
@@ -445,11 +460,12 @@ class PortalLinkNode(Node):
                 self._skip(exc)
                 continue
             self._triggers[t.source.value] = int(t.level)
-            if t.source.value == 'holster':
-                self._holster(t.active, t.message)
         active = tuple(s for s, lvl in self._triggers.items() if lvl == Level.WARN)
         faults = tuple(s for s, lvl in self._triggers.items() if lvl == Level.ERROR)
         self.client.set_state(triggers=active, faults=faults)
+
+    def _on_drawn(self, msg: Any) -> None:
+        self._holster(bool(msg.data), 'weapon drawn' if msg.data else 'weapon holstered')
 
     def _holster(self, drawn: bool, message: str) -> None:
         """Weapon drawn is an alert for people at the portal (raised, then cleared)."""
