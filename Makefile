@@ -36,6 +36,7 @@ bench: install
 	$(VENV)/bin/python -m bench.upload
 	$(VENV)/bin/python -m bench.live_latency
 	$(VENV)/bin/python -m bench.encryption
+	$(VENV)/bin/python -m bench.budget
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

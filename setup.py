@@ -33,6 +33,7 @@ setup(
         'console_scripts': [
             'bodycam = bodycam_ros.cli:main',
             *(f'{n}_node = bodycam_ros.nodes.{n}_node:main' for n in NODES + OPTIONAL_NODES),
+            'composed_node = bodycam_ros.composed:main',   # several nodes in one process
         ],
     },
 )

@@ -204,7 +204,8 @@ def measure(case: str, mode: str, args: argparse.Namespace, domain: int) -> dict
     with tempfile.TemporaryDirectory(prefix=f'budget-{case}-{mode}-') as d:
         tmp = Path(d)
         config = write_config(tmp / 'unit.yaml', width, height, 30, tmp, extra)
-        run_args = ('--quiet',) + (('--scenario', 'patrol') if case == 'patrol' else ())
+        run_args = ('--quiet',) if case == 'patrol' else ()
+        run_args += ('--scenario', 'patrol') if case == 'patrol' else ()
         run = Run(MODES[mode], config, tmp, domain, run_args)
         stop_view, got = threading.Event(), [0]
         try:
@@ -223,6 +224,12 @@ def measure(case: str, mode: str, args: argparse.Namespace, domain: int) -> dict
                 threading.Thread(target=viewer, args=(url, stop_view, got), daemon=True).start()
                 time.sleep(3.0)
             rows = sample(run.ps, args.window)
+            rates = re.findall(r'^camera/h264 ([\d.]+) Hz \| imu/data ([\d.]+) Hz',
+                               run.output(), re.M)[-int(args.window):]
+            if rates:    # a loaded machine encodes fewer frames, and spends less CPU on them
+                print(f'  camera {statistics.fmean(float(c) for c, _ in rates):.1f} fps, '
+                      f'imu {statistics.fmean(float(i) for _, i in rates):.1f} Hz '
+                      '(status line, mean over the window)', flush=True)
             if case == 'record720':
                 print(f'  ({mode}: viewer received {got[0] / 2**20:.1f} MB; '
                       f'{len(list((tmp / "bucket").rglob("*")))} bucket entries)', flush=True)

@@ -25,13 +25,34 @@ def _set_scenario_start(context) -> list:
     return [SetLaunchConfiguration('scenario_start', scenario_start(value, time.time()))]
 
 
+def _processes(context, nodes, params, shared) -> list:
+    """One launch_ros Node per node, or per group of the ``composed`` argument: a group
+    runs ``composed_node --nodes a,b`` with no ``name=`` (``__node:=`` would rename every
+    node in it); each node there reads its own section of the same params file."""
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    from bodycam_ros.bringup import parse_groups
+    spec = context.launch_configurations.get('composed', '').strip()
+    groups = [(n,) for n in nodes] if not spec else parse_groups(spec, nodes)
+    common = dict(parameters=[params, shared], output='screen', emulate_tty=True,
+                  respawn=LaunchConfiguration('use_respawn'), respawn_delay=2.0)
+    log = ['--ros-args', '--log-level', LaunchConfiguration('log_level')]
+    return [Node(package='bodycam_ros', executable=f'{g[0]}_node', name=g[0], arguments=log,
+                 **common) if len(g) == 1 else
+            Node(package='bodycam_ros', executable='composed_node',
+                 arguments=['--nodes', ','.join(g)] + log, **common)
+            for g in groups]
+
+
 def graph(default_config: str, nodes=NODES):
     """All bodycam nodes, each its own process, under an optional namespace.
 
     Launch arguments: ``params_file`` (YAML keyed by node name), ``namespace`` (the unit),
     ``scenario`` (simulated shift, sim sources only; empty for none), ``scenario_start``
     (UNIX time of scenario t=0; empty = launch time + a short lead), ``use_respawn``,
-    ``log_level``, ``sigterm_timeout``, ``portal_url`` (the agency portal; empty = no
+    ``log_level``, ``sigterm_timeout``, ``composed`` (groups of nodes per process, as
+    ``bodycam run --composed``), ``portal_url`` (the agency portal; empty = no
     portal_link node) and ``portal_ca_file``.
     """
     import os
@@ -69,14 +90,13 @@ def graph(default_config: str, nodes=NODES):
                               'out to; empty = no portal_link node'),
         DeclareLaunchArgument('portal_ca_file', default_value='',
                               description="CA bundle that verifies the portal's certificate"),
+        DeclareLaunchArgument('composed', default_value='',
+                              description='several nodes per process: empty = one process '
+                              'per node; all; or groups, e.g. sensors+fusion,recorder+uploader,'
+                              'rest'),
         OpaqueFunction(function=_set_scenario_start),
-        GroupAction([PushROSNamespace(LaunchConfiguration('namespace'))] + [
-            Node(package='bodycam_ros', executable=f'{name}_node', name=name,
-                 parameters=[params, shared],
-                 arguments=['--ros-args', '--log-level', LaunchConfiguration('log_level')],
-                 output='screen', emulate_tty=True,
-                 respawn=LaunchConfiguration('use_respawn'), respawn_delay=2.0)
-            for name in nodes] + [
+        GroupAction([PushROSNamespace(LaunchConfiguration('namespace')),
+                     OpaqueFunction(function=_processes, args=[nodes, params, shared])] + [
             Node(package='bodycam_ros', executable='portal_link_node', name='portal_link',
                  parameters=[params, {'portal_url': LaunchConfiguration('portal_url'),
                                       'portal_ca_file': LaunchConfiguration('portal_ca_file')}],
