@@ -6,7 +6,7 @@ VENV ?= .venv
 ARGS ?= --scenario patrol
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: run test venv install test-deps bench clean
+.PHONY: run test venv install test-deps bench soak clean
 
 $(VENV)/.deps: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench: install
 	$(VENV)/bin/python -m bench.live_latency
 	$(VENV)/bin/python -m bench.encryption
 	$(VENV)/bin/python -m bench.budget
+
+# Not part of `make bench`: ~10 min of compressed shift (SOAK_ARGS="--minutes 60 --seed 2").
+soak: install
+	$(VENV)/bin/python -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -131,6 +131,7 @@ class Disk:
         self.filler = self.mount / 'filler.bin'
         self.full_windows = 0
         self.full_s = 0.0
+        self.evidence_hw = self.fs_hw = 0
         self._full_since: float | None = None
 
     def used(self) -> int:
@@ -148,6 +149,12 @@ class Disk:
                 except OSError:
                     pass
         return total
+
+    def sample(self) -> None:
+        """Track the high-water marks (the filesystem's only outside full-disk windows)."""
+        self.evidence_hw = max(self.evidence_hw, self.evidence_bytes())
+        if self.mounted and not self.full:
+            self.fs_hw = max(self.fs_hw, self.used())
 
     def fill(self) -> int:
         """Take every free byte; returns how many were taken."""
@@ -647,7 +654,7 @@ def run(plan: Plan, work: Path, echo: Callable[[str], None] = print,
                     ends.sort()
             if now >= next_sample:
                 sampler.sample()
-                disk_sample(disk, now)
+                disk.sample()
                 next_sample = now + plan.sample_s
             if now - last_report >= 60:
                 last_report = now
@@ -798,8 +805,8 @@ def run(plan: Plan, work: Path, echo: Callable[[str], None] = print,
     }
     disk_info: dict[str, int | float | str] = {
         'size_mib': plan.disk_mib if disk.mounted else 0,
-        'evidence_high_water_mib': round(DISK['evidence_hw'] / MiB, 1),
-        'fs_high_water_mib_outside_full_windows': round(DISK['fs_hw'] / MiB, 1),
+        'evidence_high_water_mib': round(disk.evidence_hw / MiB, 1),
+        'fs_high_water_mib_outside_full_windows': round(disk.fs_hw / MiB, 1),
         'evidence_end_mib': round(disk.evidence_bytes() / MiB, 1),
         'note': disk.note,
     }
@@ -818,14 +825,6 @@ def run(plan: Plan, work: Path, echo: Callable[[str], None] = print,
                   bool(verdict.get('ok')), list(verdict.get('problems', []))[:20], counts,
                   nodes, disk_info, findings, str(work), incidents)
 
-
-DISK = {'evidence_hw': 0, 'fs_hw': 0}
-
-
-def disk_sample(disk: Disk, _now: float) -> None:
-    DISK['evidence_hw'] = max(DISK['evidence_hw'], disk.evidence_bytes())
-    if disk.mounted and not disk.full:
-        DISK['fs_hw'] = max(DISK['fs_hw'], disk.used())
 
 
 def table(rep: Report) -> str:
