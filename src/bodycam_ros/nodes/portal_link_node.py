@@ -111,6 +111,7 @@ class PortalClient:
         self.last_error = ''
         self.received_bytes = 0
         self.wire_bytes_before = 0      # kernel-counted bytes of earlier connections
+        self._wire_last = 0             # this connection's, at the last look
         self.generations = 0            # video streams started
 
     # -- from the node (any thread) -----------------------------------------------------
@@ -151,8 +152,12 @@ class PortalClient:
         return self._stream is not None
 
     def wire_bytes_sent(self) -> int | None:
-        now = tcp_bytes_acked(self._sock) if self._sock is not None else 0
-        return None if now is None else self.wire_bytes_before + now
+        if self._sock is not None:
+            now = tcp_bytes_acked(self._sock)
+            if now is None:
+                return None
+            self._wire_last = max(self._wire_last, now)
+        return self.wire_bytes_before + self._wire_last
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stopping = True
@@ -221,8 +226,9 @@ class PortalClient:
         self.last_error = why
 
     def _disconnected(self) -> None:
-        if self._sock is not None:
-            self.wire_bytes_before += tcp_bytes_acked(self._sock) or 0
+        self.wire_bytes_sent()             # the closed socket may no longer answer
+        self.wire_bytes_before += self._wire_last
+        self._wire_last = 0
         self._sock = None
         self.connected = False
         self._watch = False
@@ -330,6 +336,7 @@ class PortalClient:
                     await self._send(ws, pl.encode(msg), 'state' if msg['type'] == 'state'
                                      else 'heartbeat')
                 self.meter.tick(time.monotonic(), pump is not None)
+                self.wire_bytes_sent()         # sampled while the socket is open
         finally:
             if pump is not None:
                 pump.cancel()
