@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -306,27 +307,29 @@ def test_s3_bucket_verifies_and_catches_a_flipped_object(u: Path, bucket: Path):
     server = S3Server()
     try:
         client = server.client()
-        client.create_bucket(Bucket='evidence')
+        # moto keeps one in-memory store per process: a bucket name of this test's own.
+        name = f'evidence-{uuid.uuid4().hex[:12]}'
+        client.create_bucket(Bucket=name)
         for p in sorted(bucket.rglob('*')):
             if p.is_file():
-                client.put_object(Bucket='evidence', Key='agency/' +
+                client.put_object(Bucket=name, Key='agency/' +
                                   p.relative_to(bucket).as_posix(), Body=p.read_bytes())
         env = {'AWS_ACCESS_KEY_ID': ACCESS_KEY, 'AWS_SECRET_ACCESS_KEY': SECRET_KEY,
                'AWS_DEFAULT_REGION': REGION}
         args = ('--trust', str(u / 'agency'), '--endpoint-url', server.url)
-        code, _, err = verify('s3://evidence/agency', *args, env=env)
+        code, _, err = verify(f's3://{name}/agency', *args, env=env)
         assert code == 2 and 'allow_insecure_http' in err     # plain http is refused
         args += ('--allow-insecure-http',)
-        code, out, err = verify('s3://evidence/agency', *args, env=env)
+        code, out, err = verify(f's3://{name}/agency', *args, env=env)
         assert code == 0, err
         assert out['incidents'] == 3
         c = ids(u)[2]
         key = 'agency/' + bucket_dir(bucket, c).relative_to(bucket).as_posix() + \
             '/video.mp4.age'
-        data = bytearray(client.get_object(Bucket='evidence', Key=key)['Body'].read())
+        data = bytearray(client.get_object(Bucket=name, Key=key)['Body'].read())
         data[500] ^= 0x01
-        client.put_object(Bucket='evidence', Key=key, Body=bytes(data))
-        code, _, err = verify('s3://evidence/agency', *args, env=env)
+        client.put_object(Bucket=name, Key=key, Body=bytes(data))
+        code, _, err = verify(f's3://{name}/agency', *args, env=env)
         assert failed_naming(code, err, c, 'video.mp4.age: SHA-256 does not match'), err
     finally:
         server.close()
