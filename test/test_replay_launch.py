@@ -73,8 +73,8 @@ class Probe(Node):
 
 
 @pytest.mark.slow
-def test_replay_launch_runs_the_graph_on_the_bags_time(ros2, ctx, executor, start_process,  # noqa: F811
-                                                       tmp_path):
+def test_replay_launch_runs_the_graph_on_the_bags_time(
+        ros2, ctx, executor, start_process, tmp_path):  # noqa: F811
     shown = ros2('ros2', 'launch', 'bodycam_ros', 'replay.launch.py', '--show-args')
     assert shown.returncode == 0, shown.stderr
     for arg in ('bag', 'rate', 'play_bag', 'use_sim_time', 'params_file', 'namespace'):
