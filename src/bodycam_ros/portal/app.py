@@ -41,7 +41,7 @@ SAFE = frozenset({'GET', 'HEAD', 'OPTIONS'})
 #: in this many seconds: a player's Range requests are one viewing, not hundreds.
 MEDIA_AUDIT_S = 300.0
 PAGES = {'/': 'index.html', '/incident': 'incident.html', '/audit': 'audit.html',
-         '/users': 'users.html'}
+         '/users': 'users.html', '/fleet': 'fleet.html'}
 _ITEM_COLUMNS = ('incident_id, device_id, officer_id, sequence, start_time, end_time, '
                  'triggers, verified, problems, has_proxy, present, sort_time')
 
