@@ -11,6 +11,13 @@ For 720p30 and 1080p30 settings it measures frames/s of
   node+pattern  the same with ``TestPatternSource.render`` drawing each frame live (the
                 sim camera's whole cost)
 and the ratio node / best bare loop. Floors: >= 30 fps at 720p on one core; ratio >= 0.8.
+
+``--topic`` measures ``source: topic`` instead, at 720p: per incoming encoding (bgr8, rgb8,
+mono8, yuv422, bayer_rggb8 as sensor_msgs/Image, jpeg as CompressedImage) the node's exact
+per-frame path (``_convert`` on the capture thread's side, numpy/OpenCV here, then
+``process``) against ``process`` on ready BGR frames (the device/test-pattern path) in the
+same run: ms per frame for the conversion alone and for the whole path, and the ratio of
+the topic path's frame rate to the device path's.
 Rounds are interleaved and the best of each is kept, so other load on the machine hurts all
 variants alike; still, re-run on a quiet machine before trusting absolute numbers.
 """
@@ -89,6 +96,120 @@ def node_loop(frames, width: int, height: int, render: bool) -> float:
     return fps
 
 
+TOPIC_ENCODINGS = ('bgr8', 'rgb8', 'mono8', 'yuv422', 'bayer_rggb8', 'jpeg')
+
+
+def as_message(bgr, enc: str, t: float):
+    """A frame as a camera driver publishes it in ``enc`` (Image, or CompressedImage jpeg)."""
+    import array
+
+    import cv2
+    import numpy as np
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from bodycam_ros.nodes.camera_node import stamp_of
+    h, w = bgr.shape[:2]
+    if enc == 'jpeg':
+        msg = CompressedImage(format='jpeg', data=array.array(
+            'B', cv2.imencode('.jpg', bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()))
+    else:
+        if enc == 'bgr8':
+            data, step = bgr, w * 3
+        elif enc == 'rgb8':
+            data, step = bgr[:, :, ::-1], w * 3
+        elif enc == 'mono8':
+            data, step = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), w
+        elif enc == 'yuv422':          # UYVY from I420 chroma
+            i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420)
+            u = np.repeat(i420[h:h + h // 4].reshape(h // 2, w // 2), 2, axis=0)
+            v = np.repeat(i420[h + h // 4:].reshape(h // 2, w // 2), 2, axis=0)
+            data = np.empty((h, w * 2), np.uint8)
+            data[:, 0::4], data[:, 1::4], data[:, 2::4], data[:, 3::4] = \
+                u, i420[:h, 0::2], v, i420[:h, 1::2]
+            step = w * 2
+        else:                          # bayer_rggb8
+            data = np.empty((h, w), np.uint8)
+            data[0::2, 0::2], data[0::2, 1::2] = bgr[0::2, 0::2, 2], bgr[0::2, 1::2, 1]
+            data[1::2, 0::2], data[1::2, 1::2] = bgr[1::2, 0::2, 1], bgr[1::2, 1::2, 0]
+            step = w
+        msg = Image(height=h, width=w, encoding=enc, step=step,
+                    data=array.array('B', np.ascontiguousarray(data).tobytes()))
+    msg.header.stamp = stamp_of(t)
+    return msg
+
+
+def topic_table(n: int, rounds: int) -> str:
+    """``source: topic`` vs the device path at 720p, same frames, same run."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.parameter import Parameter
+
+    from bodycam_ros.drivers.camera import TestPatternSource
+    from bodycam_ros.nodes.camera_node import CameraNode
+    width, height = SIZES['720p']
+    src = TestPatternSource(width, height, FPS)
+    frames = [src.render(i, time.time()) for i in range(n)]
+    msgs = {enc: [as_message(f, enc, 1.0 + i / FPS) for i, f in enumerate(frames)]
+            for enc in TOPIC_ENCODINGS}
+    ctx = Context()
+    rclpy.init(context=ctx)
+
+    def camera(source: str, transport: str = 'raw') -> CameraNode:
+        return CameraNode(capture=False, context=ctx, parameter_overrides=[
+            Parameter('source', value=source), Parameter('image_transport', value=transport),
+            Parameter('width', value=width), Parameter('height', value=height),
+            Parameter('fps', value=FPS), Parameter('bitrate', value=BITRATE),
+            Parameter('gop', value=GOP), Parameter('raw_rate', value=0.0)])
+
+    def device_path() -> float:
+        node = camera('test_pattern')
+        try:
+            node.process(frames[0], 1.0)
+            t0 = time.perf_counter()
+            for i, f in enumerate(frames):
+                node.process(f, 1.0 + i / FPS)
+            return (time.perf_counter() - t0) / n
+        finally:
+            node.close()
+            node.destroy_node()
+
+    def topic_path(enc: str) -> tuple[float, float]:
+        node = camera('topic', 'compressed' if enc == 'jpeg' else 'raw')
+        try:
+            t0 = time.perf_counter()
+            for m in msgs[enc]:
+                node._convert(m)
+            conv = (time.perf_counter() - t0) / n
+            node.process(*node._convert(msgs[enc][0]))
+            t0 = time.perf_counter()
+            for m in msgs[enc]:
+                node.process(*node._convert(m))
+            return conv, (time.perf_counter() - t0) / n
+        finally:
+            node.close()
+            node.destroy_node()
+
+    best_dev = float('inf')
+    best: dict[str, tuple[float, float]] = {}
+    try:
+        for _ in range(rounds):
+            best_dev = min(best_dev, device_path())
+            for enc in TOPIC_ENCODINGS:
+                conv, whole = topic_path(enc)
+                c0, w0 = best.get(enc, (float('inf'), float('inf')))
+                best[enc] = (min(c0, conv), min(w0, whole))
+    finally:
+        rclpy.try_shutdown(context=ctx)
+    lines = [f'source topic at 720p ({n} frames, best of {rounds}); device path '
+             f'(process on BGR) {1000 * best_dev:.2f} ms/frame = {1 / best_dev:.1f} fps',
+             f'{"encoding":<13}{"convert ms":>11}{"convert+encode ms":>19}{"fps":>8}'
+             f'{"topic/device fps":>18}']
+    for enc, (conv, whole) in best.items():
+        lines.append(f'{enc:<13}{1000 * conv:>11.2f}{1000 * whole:>19.2f}{1 / whole:>8.1f}'
+                     f'{best_dev / whole:>18.2f}')
+    return '\n'.join(lines)
+
+
 def measure(name: str, n: int, rounds: int) -> dict[str, float]:
     from bodycam_ros.drivers.camera import TestPatternSource
     width, height = SIZES[name]
@@ -134,9 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--cpu', type=int, help='pin this process to one core and run once')
     ap.add_argument('--frames', type=int, default=150, help='frames per 720p run')
     ap.add_argument('--rounds', type=int, default=3, help='interleaved rounds, best kept')
+    ap.add_argument('--topic', action='store_true', help='measure source: topic (720p) only')
     args = ap.parse_args(argv)
     src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'src')
     sys.path.insert(0, src)
+    if args.topic:
+        print(topic_table(args.frames, args.rounds), flush=True)
+        return 0
     if args.cpu is not None:
         # Before any encoder exists: x264 sizes its thread pool from this affinity.
         os.sched_setaffinity(0, {args.cpu})
