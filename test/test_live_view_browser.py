@@ -200,8 +200,9 @@ def test_page_plays_live_video_within_latency_and_shows_officer_down(unit, tmp_p
         assert banner.is_displayed() and 'OFFICER DOWN' in banner.text
         assert 'officer-17' in banner.text and '38.581600' in banner.text
         assert banner.size['width'] > 1000 and banner.location['y'] < 10, 'banner not on top'
-        row = driver.find_element('css selector', '#triggers tr[data-source="holster"]')
-        assert row.get_attribute('data-level') == 'WARN' and 'ACTIVE' in row.text
+        # The page re-renders the trigger table as statuses arrive: read the row afresh.
+        level, row_text = fresh(driver, '#triggers tr[data-source="holster"]')
+        assert level == 'WARN' and 'ACTIVE' in row_text
         assert 'RECORDING' in driver.find_element('id', 'recorder').text
         assert '20250101T000000Z-abcd' in driver.find_element('id', 'recorder').text
         Path(os.environ.get('BODYCAM_SCREENSHOT', tmp_path / 'officer_down.png')).write_bytes(
@@ -225,3 +226,15 @@ def test_page_plays_live_video_within_latency_and_shows_officer_down(unit, tmp_p
     jpeg = buf[buf.index(b'\xff\xd8'):buf.index(b'\xff\xd9') + 2]
     frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert frame.shape == (720, 1280, 3) and decode_frame_counter(frame) >= 0
+
+
+def fresh(driver, selector: str, tries: int = 20) -> tuple[str | None, str]:
+    """(data-level, text) of an element the page may replace between two reads."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    for _ in range(tries):
+        try:
+            el = driver.find_element('css selector', selector)
+            return el.get_attribute('data-level'), el.text
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    raise AssertionError(f'{selector} kept being replaced')
