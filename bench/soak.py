@@ -20,7 +20,7 @@ checked with ``bodycam verify --trust``, and the unit's signed ledger and audit 
 with what the bucket holds:
 
 * lost: an incident the recorder opened or sealed that is neither verified in the bucket nor
-  still on the unit (must be 0);
+  still on the unit, or that is there but holds no evidence at all (must be 0);
 * duplicated: an incident object written more than once (more than one version; the ledger
   and audit copies are rewritten by design and not counted) (must be 0);
 * RSS slope per node in MB/h (least squares within each process lifetime, after warm-up),
@@ -487,7 +487,9 @@ def coverage(client, stamps: list[float], fps: float) -> tuple[list[dict], list[
                    'span_s': (last - first) if first is not None and last is not None
                    else None,
                    'incomplete_files': sorted(n for n, f in (m.get('files') or {}).items()
-                                              if f.get('complete') is False)}
+                                              if f.get('complete') is False),
+                   # sealed, signed and uploaded, but holding no evidence at all
+                   'hollow': not any(_holds_data(f) for f in (m.get('files') or {}).values())}
             if first is not None and last is not None and stamps:
                 row['published'] = between(first, last)
                 row['missing'] = max(0, row['published'] - (frames or 0))
@@ -496,6 +498,10 @@ def coverage(client, stamps: list[float], fps: float) -> tuple[list[dict], list[
                 if stops and row['end_reason'] == 'post_roll':
                     row['tail'] = between(last, max(stops) + post, lo_open=True)
             rows.append(row)
+            if row['hollow']:
+                findings.append(f'incident {row["incident_id"]} (seq {row["sequence"]}, '
+                                f'{row["end_reason"]}) was sealed with no evidence in it: '
+                                f'files {_sizes(m)}, triggers {m.get("triggers")}')
             lost_frames = (row['missing'] or 0) + (row['tail'] or 0)
             if lost_frames > fps:
                 findings.append(
@@ -505,6 +511,17 @@ def coverage(client, stamps: list[float], fps: float) -> tuple[list[dict], list[
                     f'{row["span_s"]:.1f} s span, {row["tail"] or 0} of its post-roll')
     rows.sort(key=lambda r: r['sequence'] or 0)
     return rows, findings
+
+
+def _holds_data(entry: dict) -> bool:
+    """A manifest file entry with at least one payload byte (an age file: a whole chunk)."""
+    if entry.get('scheme') == 'age-v1' or 'chunks' in entry:
+        return bool(entry.get('chunks'))
+    return bool(entry.get('size'))
+
+
+def _sizes(m: dict) -> dict[str, int]:
+    return {n: f.get('size') for n, f in (m.get('files') or {}).items()}
 
 
 def free_port() -> int:
@@ -743,7 +760,7 @@ def run(plan: Plan, work: Path, echo: Callable[[str], None] = print,
     for dev in verdict.get('devices', []):
         for inc in dev.get('incidents', []):
             (in_bucket if inc.get('ok') else bad_in_bucket).add(inc.get('incident_id'))
-    lost = sorted((sealed - in_bucket - on_unit) | (opened - sealed - quarantined - unsealed))
+    missing = (sealed - in_bucket - on_unit) | (opened - sealed - quarantined - unsealed)
     pending = sorted(sealed - in_bucket)
     if pending:
         findings.append(f'sealed but not verified in the bucket after the drain: {pending}')
@@ -754,6 +771,8 @@ def run(plan: Plan, work: Path, echo: Callable[[str], None] = print,
 
     incidents, gaps = coverage(s3.client(), officer.stamps, plan.fps)
     findings += gaps
+    hollow = {r['incident_id'] for r in incidents if r['hollow']}
+    lost = sorted(missing | hollow)
     versions = s3.versions(BUCKET)
     duplicated = {k: n for k, n in versions.items()
                   if n > 1 and not k.endswith(MUTABLE_KEYS)}
@@ -792,6 +811,7 @@ def run(plan: Plan, work: Path, echo: Callable[[str], None] = print,
 
     counts = {
         'opened': len(opened), 'sealed': len(sealed), 'recovered': len(recovered),
+        'lost_missing': len(missing), 'lost_hollow': len(hollow),
         'pruned': len(pruned), 'in_bucket_verified': len(in_bucket),
         'bad_in_bucket': len(bad_in_bucket), 'on_unit': len(on_unit),
         'manual_starts': officer.log.starts, 'weapon_draws': officer.log.draws,
@@ -831,7 +851,9 @@ def table(rep: Report) -> str:
     lines = [f'soak: {rep.minutes:g} min (standing for an 8 h shift), seed {rep.seed}, '
              f'work dir {rep.work}', '']
     c = rep.counts
-    lines += [f'lost incidents:      {len(rep.lost)}  {rep.lost if rep.lost else ""}',
+    lines += [f'lost incidents:      {len(rep.lost)}  (neither in the bucket nor on the unit '
+              f'{c["lost_missing"]}, sealed with no evidence in them {c["lost_hollow"]})  '
+              f'{rep.lost if rep.lost else ""}',
               f'duplicated uploads:  {len(rep.duplicated)}  '
               f'{rep.duplicated if rep.duplicated else ""}',
               f'bucket verifies:     {"yes" if rep.bucket_ok else "NO"}',
