@@ -19,7 +19,7 @@ from std_msgs.msg import Bool
 from bodycam_ros.core.messages import (Level, MessageError, decode_alert, decode_recorder,
                                        decode_trigger)
 from bodycam_ros.rosutil import LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS
-from bodycam_ros.wire import from_status, values_of
+from bodycam_ros.wire import from_status, stamp_s, values_of
 
 RATE_WINDOW_S = 5.0
 
@@ -27,26 +27,31 @@ RATE_WINDOW_S = 5.0
 class CounterRate:
     """A rate from a cumulative counter sampled now and then (a node's diagnostics).
 
-    The rate is the counter's increase over the samples of the last ``window_s`` seconds
-    (a restarted node's counter going back to 0 starts a new window), and 0 once the
-    samples stop for longer than ``stale_s``.
+    The rate is the counter's increase between the samples of the last ``window_s`` seconds,
+    over the publisher's own stamps (delivery under load comes in bursts, so receive times
+    would overstate it); a restarted node's counter going back to 0 starts a new window,
+    and the rate is 0 once no sample arrived for ``stale_s`` (receive time).
     """
 
     def __init__(self, window_s: float = RATE_WINDOW_S, stale_s: float = 3.0) -> None:
         self._window_s, self._stale_s = window_s, stale_s
         self._samples: collections.deque[tuple[float, float]] = collections.deque()
+        self._last_rx = -1e18
 
-    def sample(self, count: float, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        if self._samples and count < self._samples[-1][1]:
-            self._samples.clear()                    # the node restarted
-        self._samples.append((now, count))
+    def sample(self, count: float, stamp: float, now: float | None = None) -> None:
+        self._last_rx = time.monotonic() if now is None else now
+        if self._samples and (count < self._samples[-1][1] or stamp <= self._samples[-1][0]):
+            if count < self._samples[-1][1] or stamp < self._samples[-1][0]:
+                self._samples.clear()                # the node restarted, or its clock jumped
+            else:
+                return                               # the same report twice
+        self._samples.append((stamp, count))
+        while len(self._samples) > 2 and stamp - self._samples[1][0] >= self._window_s:
+            self._samples.popleft()
 
     def rate(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
-        while len(self._samples) > 2 and now - self._samples[1][0] >= self._window_s:
-            self._samples.popleft()
-        if len(self._samples) < 2 or now - self._samples[-1][0] > self._stale_s:
+        if len(self._samples) < 2 or now - self._last_rx > self._stale_s:
             return 0.0
         (t0, c0), (t1, c1) = self._samples[0], self._samples[-1]
         return (c1 - c0) / max(t1 - t0, 1e-6)
@@ -92,7 +97,8 @@ class Monitor(Node):
             for topic, (owner, key) in COUNTERS.items():
                 if owner == node:
                     try:
-                        self.rates[topic].sample(float(values_of(st)[key]), now)
+                        self.rates[topic].sample(float(values_of(st)[key]),
+                                                 stamp_s(msg.header.stamp), now)
                     except (KeyError, ValueError):
                         self._bad(f'{node} diagnostics without a numeric {key}')
 
