@@ -5,7 +5,7 @@
 // external request (no internet map: a local metric plane with a scale bar).
 'use strict';
 
-const ALERT_POLL_MS = 400;     // an alert on screen within this (plus one request) of arrival
+const ALERT_POLL_MS = 250;     // an alert on screen within this (plus one request) of arrival
 const UNIT_POLL_MS = 1000;
 const TRAIL_MAX = 400;         // positions kept per unit while the page is open
 const MAX_LAG_S = 0.5;         // live, not DVR: behind the newest frame by more, jump
@@ -217,14 +217,15 @@ function unitRow(u) {
   'data-online': String(u.online), 'data-recording': String(u.recording),
   onclick: canWatch ? () => openLive(u.device_id) : null },
   el('td', {}, el('div', { class: 'mono strong' }, u.device_id),
-    el('div', { class: 'muted small' }, u.officer_id ? `officer ${u.officer_id}` : 'officer —'),
+    el('div', { class: 'muted small mono', title: 'officer' }, u.officer_id || '—'),
     u.registered ? null : el('div', { class: 'error small' }, 'not registered')),
   el('td', {}, el('span', { class: `pill ${u.online ? 'online' : 'offline'}` },
     u.online ? 'online' : 'offline'),
   el('div', { class: 'muted small' }, u.online ? `seen ${ago(u.last_seen)}`
     : `last seen ${ago(u.last_seen)}`)),
-  el('td', {}, el('span', { class: `pill rec-${rec}` }, rec),
-    u.incident ? el('div', { class: 'muted small mono' }, u.incident) : null),
+  el('td', {}, el('span', { class: `pill rec-${rec}` }, rec.replace('_', ' ')),
+    u.incident ? el('div', { class: 'muted small mono', title: `incident ${u.incident}` },
+      u.incident.length > 14 ? `${u.incident.slice(0, 13)}…` : u.incident) : null),
   el('td', {}, u.triggers.length || u.faults.length
     ? [...u.triggers.map((t) => el('span', { class: 'chip' }, t.replace('_', ' '))),
       ...u.faults.map((t) => el('span', { class: 'chip fault' }, `${t} fault`))]
@@ -252,7 +253,7 @@ function renderUnits() {
     `${u.device_id}${u.online ? '' : ' (offline: queued)'}`)));
   if (keep && view.units.some((u) => u.device_id === keep)) sel.value = keep;
   else if (view.live) sel.value = view.live.device;
-  $('updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
+  $('updated').textContent = `updated ${clockUtc(Date.now() / 1000)}`;
 }
 
 async function pollUnits() {
@@ -291,7 +292,7 @@ function drawMap() {
       'no unit has reported a position yet'));
     svg.replaceChildren(...kids);
     view.project = null;
-    $('map-info').textContent = '';
+    $('map-info').replaceChildren();
     return;
   }
   // Local tangent plane (metres east/north) around the middle of everything shown.
@@ -329,7 +330,7 @@ function drawMap() {
     kids.push(el('g', { class: 'dest', 'data-device': did },
       el('path', { d: `M${x - 6},${y - 6}L${x + 6},${y + 6}M${x - 6},${y + 6}L${x + 6},${y - 6}`,
         stroke: '#7a2e0e', 'stroke-width': 2.5 }),
-      el('text', { x: x + 9, y: y + 4, style: 'fill:#7a2e0e' }, `→ ${did}`),
+      el('text', { x: x - 6, y: y + 20, style: 'fill:#7a2e0e' }, `→ ${did}`),
       el('title', {}, `dispatch destination of ${did}: ${pos(d)}`)));
   }
   if (view.pick) {
@@ -366,8 +367,11 @@ function drawMap() {
     style: 'fill:#101828;font-weight:700' }, 'N'),
   el('polygon', { points: `${W - 16},24 ${W - 21},36 ${W - 11},36`, fill: '#101828' }));
   svg.replaceChildren(...kids);
-  $('map-info').textContent = `grid ${len >= 1000 ? `${len / 1000} km` : `${len} m`} · ` +
-    '● idle  ● recording (red)  ● offline (grey)  × dispatch destination';
+  const key = (color, text) => el('span', { class: 'key' },
+    el('span', { class: 'dot', style: `background:${color}` }), text);
+  $('map-info').replaceChildren(`grid ${len >= 1000 ? `${len / 1000} km` : `${len} m`}`,
+    key('#17703a', 'online'), key('#b42318', 'recording'), key('#98a2b3', 'offline'),
+    el('span', { class: 'key', style: 'color:#7a2e0e' }, '× dispatch destination'));
 }
 
 function mapClick(ev) {
