@@ -237,8 +237,11 @@ ORDER = ['dispatch_proximity', 'foot_pursuit', 'holster', 'fight', 'officer_down
 
 
 def _timeline(mcap: Path) -> tuple[dict[str, float], list[float], list[str]]:
-    """From an incident's sensors.mcap (bag time): first WARN per trigger source, the
-    officer-down alert's raise times, and the recorder start reasons in order."""
+    """From an incident's sensors.mcap, in bag time: for each trigger source, when it began
+    (``since`` of its first WARN: the detector's decision on message stamps, which is what
+    must replay; the moment the WARN was published also holds trigger_fusion's processing
+    lag on this loaded machine), the officer-down alert's stamps, and the recorder start
+    reasons in order."""
     from bodycam_ros.core.sidecar import read_mcap
     warn: dict[str, float] = {}
     raised: list[float] = []
@@ -249,10 +252,12 @@ def _timeline(mcap: Path) -> tuple[dict[str, float], list[float], list[str]]:
             for st in msg.status:
                 src = st.name.removeprefix('trigger/')
                 if st.level == 1 and src not in warn:      # WARN (rosbags: an int)
-                    warn[src] = t
+                    since = {kv.key: kv.value for kv in st.values}.get('since')
+                    warn[src] = float(since) if since else t
         elif topic.endswith('bodycam/alerts'):
-            if {kv.key: kv.value for kv in msg.values}.get('state') == 'raised':
-                raised.append(t)
+            vals = {kv.key: kv.value for kv in msg.values}
+            if vals.get('state') == 'raised':
+                raised.append(float(vals['stamp']))
         elif topic.endswith('recorder/command') and msg.name == 'start':
             starts.append({kv.key: kv.value for kv in msg.values}['reason'])
     return warn, raised, starts

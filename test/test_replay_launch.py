@@ -99,6 +99,7 @@ def test_replay_launch_runs_the_graph_on_the_bags_time(
         # 4 nodes on sim time: the player waits for their /clock subscriptions.
         player = start_process('bodycam_ros.cli', 'replay', str(bag), '--clock',
                                '--inputs-only', '--wait-subscribers', '4',
+                               '--wait-per-topic', '2',
                                '--wait-timeout', '180')
         assert spin_until(executor, lambda: player.proc.poll() is not None, 300), \
             player.output()[-2000:] + log()[-3000:]

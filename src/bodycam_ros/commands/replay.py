@@ -50,6 +50,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--wait-subscribers', type=int, default=0, metavar='N',
                    help='before playing, wait for N /clock subscribers (nodes on sim time) '
                         'and a subscriber on every graph input played')
+    p.add_argument('--wait-per-topic', type=int, default=1, metavar='K',
+                   help='with --wait-subscribers: K subscribers on every sensor input played '
+                        '(run --replay: trigger_fusion and the recorder)')
+    p.add_argument('--delay', type=float, default=1.0, metavar='S',
+                   help='after the subscribers match, hold the clock S seconds more before '
+                        'playing: a subscriber finishes matching after the publisher sees it, '
+                        'and best effort drops what comes before (the first GPS fix, here)')
     p.add_argument('--wait-timeout', type=float, default=120.0, metavar='S',
                    help='give up waiting for subscribers after S seconds and play anyway')
 
@@ -121,20 +128,24 @@ class Player:
             self._clock_msg.clock.sec, self._clock_msg.clock.nanosec = divmod(t_ns, 1_000_000_000)
             self._clock_pub.publish(self._clock_msg)
 
-    def wait_for_subscribers(self, clock_subs: int, timeout_s: float, t_ns: int) -> bool:
-        """Hold the clock at ``t_ns`` until the graph listens; True if it does in time."""
-        inputs = [pub for p, pub in self._pubs.values() if graph_relative(p.dst) in GRAPH_INPUTS]
+    def wait_for_subscribers(self, clock_subs: int, timeout_s: float, t_ns: int,
+                             per_topic: int = 1, settle_s: float = 1.0) -> bool:
+        """Hold the clock at ``t_ns`` until the graph listens (``per_topic`` subscribers on
+        each sensor input: a latched message a late matcher gets late, in bag time ``rate``
+        times later, was a 4 s error at rate 4 here); True if it does in time."""
+        inputs = [(pub, 1 if graph_relative(p.dst) == 'camera/h264' else per_topic)
+                  for p, pub in self._pubs.values() if graph_relative(p.dst) in GRAPH_INPUTS]
         end = time.monotonic() + timeout_s
 
         def ready() -> bool:
             clock_ok = self._clock_pub is None or \
                 self._clock_pub.get_subscription_count() >= clock_subs
-            return clock_ok and all(pub.get_subscription_count() > 0 for pub in inputs)
+            return clock_ok and all(pub.get_subscription_count() >= k for pub, k in inputs)
         while not ready() and time.monotonic() < end:
             self.publish_clock(t_ns)
             time.sleep(0.05)
         ok = ready()
-        settle = time.monotonic() + 1.0     # let every endpoint finish matching
+        settle = time.monotonic() + settle_s     # let every endpoint finish matching
         while time.monotonic() < settle:
             self.publish_clock(t_ns)
             time.sleep(0.05)
@@ -227,7 +238,8 @@ def main(args: argparse.Namespace) -> int:
         start_ns = bag.start_ns + int(args.start * 1e9) if args.start else None
         if args.wait_subscribers:
             if not player.wait_for_subscribers(args.wait_subscribers, args.wait_timeout,
-                                               start_ns or bag.start_ns):
+                                               start_ns or bag.start_ns, args.wait_per_topic,
+                                               args.delay):
                 print(f'replay: not every subscriber after {args.wait_timeout:g} s; '
                       'playing anyway', flush=True)
         print(f'replay: playing {args.bag} ({bag.duration_s:.1f} s) at rate {rate:g}'
@@ -312,7 +324,9 @@ class ReplayRun:
     def argv(self) -> list[str]:
         return [sys.executable, '-m', 'bodycam_ros.cli', 'replay', str(self.bag),
                 '--rate', repr(self.rate), '--clock', '--inputs-only',
-                '--namespace', self.namespace, '--wait-subscribers', str(len(self.names))]
+                '--namespace', self.namespace, '--wait-subscribers', str(len(self.names)),
+                '--delay', '3', '--wait-per-topic',
+                str(len({'trigger_fusion', 'recorder'} & set(self.names)) or 1)]
 
     def start(self, log_dir: Path) -> None:
         import subprocess
