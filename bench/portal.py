@@ -59,8 +59,16 @@ def fill(db, n: int, seed: int = 7) -> dict:
             db.executemany('INSERT INTO incident_reasons (incident_id, reason, sort_time, '
                            'device_id, officer_id, verified) VALUES (?, ?, ?, ?, ?, ?)',
                            reasons[k:k + 5000])
-    # What autovacuum (PostgreSQL) and the portal's own ANALYZE would have done by now.
-    db.execute('VACUUM ANALYZE' if db.dialect == 'postgresql' else 'ANALYZE')
+    # What autovacuum (PostgreSQL) and the portal's own ANALYZE would have done by now. (A
+    # database-wide VACUUM right after the load left incidents' visibility map empty here, so
+    # every index-only scan went to the heap: the tables are named.) The counts the indexer
+    # keeps row by row are rebuilt once, as the portal does at start.
+    from bodycam_ros.portal.db import recount_incidents
+    if db.dialect == 'postgresql':
+        db.execute('VACUUM ANALYZE incidents, incident_reasons')
+    else:
+        db.execute('ANALYZE')
+    recount_incidents(db)
     mid = t_end - 180 * 86400
     return {'unit': 'unit-007', 'officer': 'officer-0123', 'mid': mid}
 
@@ -84,6 +92,10 @@ def bench_db(label: str, url: str, n: int, runs: int) -> list[tuple[str, float, 
     f = fill(portal.db, n)
     print(f'{label}: {n} incidents inserted in {time.perf_counter() - t0:.1f} s', flush=True)
     day = time.strftime('%Y-%m-%d', time.gmtime(f['mid']))
+    from bodycam_ros.portal.app import encode_cursor
+    per_page = 50
+    deep = portal.db.one('SELECT sort_time, incident_id FROM incidents ORDER BY sort_time DESC, '
+                         'incident_id DESC LIMIT 1 OFFSET ?', (999 * per_page - 1,))
     queries = {
         'newest page': {},
         'unit': {'unit': f['unit']},
@@ -93,7 +105,18 @@ def bench_db(label: str, url: str, n: int, runs: int) -> list[tuple[str, float, 
         'one day': {'date_from': day, 'date_to': day},
         'unit+reason+range': {'unit': f['unit'], 'reason': 'weapon_drawn',
                               'date_from': f['mid'] - 90 * 86400, 'date_to': f['mid']},
-        'deep page 1000': {'page': 1000},
+        'verified (98 %)': {'verified': 'true'},
+        'half a year': {'date_from': f['mid']},
+        'unit+unverified': {'unit': f['unit'], 'verified': 'false'},
+        'reason+unverified': {'reason': 'fight', 'verified': 'false'},
+        'reason+verified+half year': {'reason': 'fight', 'verified': 'true',
+                                      'date_from': f['mid']},
+        'page 200 (page=, deepest offset)': {'page': 200},
+        'page 1000 (after= cursor)': {'after': encode_cursor(*deep)},
+        'a unit after its 1000th row (cursor)': {'unit': f['unit'], 'after': encode_cursor(
+            *portal.db.one('SELECT sort_time, incident_id FROM incidents WHERE device_id = ? '
+                           'ORDER BY sort_time DESC, incident_id DESC LIMIT 1 OFFSET 999',
+                           (f['unit'],)))},
     }
     out = []
     base = []
@@ -112,12 +135,15 @@ def bench_db(label: str, url: str, n: int, runs: int) -> list[tuple[str, float, 
             ts = []
             for i in range(runs + 3):
                 t = time.perf_counter()
-                r = s.get(srv.url + '/api/incidents', params=q, timeout=60)
+                r = s.get(srv.url + '/api/incidents', params={**q, 'per_page': per_page},
+                          timeout=60)
                 dt = (time.perf_counter() - t) * 1000
                 assert r.status_code == 200, r.text
                 if i >= 3:                       # the first ones warm caches
                     ts.append(dt)
-            out.append((f'GET /api/incidents {name} (total {r.json()["total"]})',
+            got = r.json()
+            total = f'{"~" if got["total_is_estimate"] else ""}{got["total"]}'
+            out.append((f'GET /api/incidents {name} (total {total}, {len(got["items"])} rows)',
                         statistics.median(ts), pct(ts, 95)))
     return out
 
@@ -179,9 +205,9 @@ def main() -> int:
             rows = bench_db(label, url, args.incidents, args.runs)
             base = rows[0][1]
             print(f'\n{label}, {args.incidents} incidents, {args.runs} runs each')
-            print(f'  {"query":58s} {"p50 ms":>8s} {"p95 ms":>8s} {"p50/base":>9s}')
+            print(f'  {"query":78s} {"p50 ms":>8s} {"p95 ms":>8s} {"p50/base":>9s}')
             for name, p50, p95 in rows:
-                print(f'  {name:58s} {p50:8.2f} {p95:8.2f} {p50 / base:9.1f}')
+                print(f'  {name:78s} {p50:8.2f} {p95:8.2f} {p50 / base:9.1f}')
                 if not name.startswith('bare') and p95 > FLOOR_MS:
                     ok = False
                     print(f'  FLOOR MISSED: p95 {p95:.1f} ms > {FLOOR_MS} ms')

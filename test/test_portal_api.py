@@ -19,6 +19,7 @@ from pgutil import PgServer
 from portalutil import DEVICE, Server, incident_dirs, unit_with_bucket
 
 from bodycam_ros.portal.app import Portal, PortalConfig
+from bodycam_ros.portal.db import SCHEMA_VERSION
 
 ENDPOINTS = ['/api/me', '/api/incidents', '/api/incidents/x', '/api/incidents/x/video.mp4',
              '/api/incidents/x/sensors.json', '/api/incidents/x/export.zip', '/api/audit',
@@ -57,9 +58,10 @@ def world(recorded, tmp_path):
     return tmp_path
 
 
-def start(world: Path, database: str, poll_s: float = 0.3) -> tuple[Server, str]:
+def start(world: Path, database: str, poll_s: float = 0.3, **cfg) -> tuple[Server, str]:
     portal = Portal(PortalConfig(bucket=f'file://{world / "bucket"}', agency_dir=world / 'agency',
-                                 database=database, state_dir=world / 'state', poll_s=poll_s))
+                                 database=database, state_dir=world / 'state', poll_s=poll_s,
+                                 **cfg))
     return Server(portal), portal.admin_password
 
 
@@ -130,8 +132,59 @@ def test_incidents_listed_verified_newest_first_and_filtered(world, database):
                    for c in d['custody'])
         assert d['triggers'][0]['offset_s'] is not None and d['stops']
         status = s.get(srv.url + '/api/status', timeout=30).json()
-        assert status['schema_version'] == 2 and status['incidents'] == 3
+        assert status['schema_version'] == SCHEMA_VERSION and status['incidents'] == 3
 
+
+
+def test_cursor_pages_walk_both_ways_and_totals_say_when_they_are_estimates(world, database):
+    """Keyset pages: ``next``/``prev`` cursors walk the list one way and back, with filters;
+    ``page=`` stops at max_offset; totals come from the indexer's counts, an exact count
+    below count_exact_max, or an estimate labelled as one."""
+    srv, pw = start(world, database, max_offset=1, count_exact_max=1)
+    with srv:
+        s = login(srv.url, 'admin', pw)
+        wait_listed(s, srv.url, 3)
+        q = lambda **p: s.get(srv.url + '/api/incidents', params=p, timeout=30)  # noqa: E731
+        first = q(per_page=1).json()
+        assert first['page'] == 1 and first['prev'] is None and first['next']
+        seqs, pages, got = [], [], first
+        while True:
+            seqs += [i['sequence'] for i in got['items']]
+            pages.append(got)
+            if not got['next']:
+                break
+            got = q(per_page=1, after=got['next']).json()
+            assert got['page'] is None and got['total'] == 3, got
+        assert seqs == [3, 2, 1] and pages[-1]['prev'], pages
+        back = []
+        got = pages[-1]
+        while got['prev']:
+            got = q(per_page=1, before=got['prev']).json()
+            back += [i['sequence'] for i in got['items']]
+        assert back == [2, 3] and got['next'], back
+        two = q(per_page=2, unit=DEVICE, reason='manual').json()
+        assert [i['sequence'] for i in two['items']] == [3, 2] and two['next']
+        rest = q(per_page=2, unit=DEVICE, reason='manual', after=two['next']).json()
+        assert [i['sequence'] for i in rest['items']] == [1] and rest['next'] is None
+        assert q(per_page=1, page=2).json()['items'][0]['sequence'] == 2
+        r = q(per_page=1, page=3)
+        assert r.status_code == 400 and 'next' in r.json()['error'], r.text
+        for bad in ('nonsense', 'W10', first['next'][:-3]):
+            r = q(after=bad)
+            assert r.status_code == 400 and 'cursor' in r.json()['error'], (bad, r.text)
+        assert q(after=first['next'], before=first['next']).status_code == 400
+        # Totals: unfiltered and one filter from the counts (exact); two filters over
+        # count_exact_max (1 here) are estimated from the counts and say so.
+        for params, total, estimate in (({}, 3, False), ({'verified': 'true'}, 3, False),
+                                        ({'reason': 'manual'}, 3, False),
+                                        ({'unit': 'nobody'}, 0, False),
+                                        ({'unit': DEVICE, 'reason': 'nothing'}, 0, False),
+                                        ({'unit': DEVICE, 'verified': 'true'}, 3, True)):
+            got = q(**params).json()
+            assert (got['total'], got['total_is_estimate']) == (total, estimate), (params, got)
+        rows = srv.portal.db.query('SELECT dim, value, n FROM incident_counts')
+        assert ('', '', 3) in rows and ('unit', DEVICE, 3) in rows and \
+            ('verified', '1', 3) in rows and ('reason', 'manual', 3) in rows, rows
 
 def test_video_decrypts_to_the_signed_plaintext_with_range(world, database):
     from test_mp4 import ffprobe_frames
@@ -185,6 +238,8 @@ def test_a_flipped_byte_in_the_bucket_shows_not_verified_with_the_reason(world, 
         assert any('video.mp4.age' in p and 'SHA-256' in p for p in got[0]['verify_problems'])
         assert s.get(srv.url + '/api/incidents', params={'verified': 'true'},
                      timeout=30).json()['total'] == 2
+        assert s.get(srv.url + '/api/incidents', params={'verified': 'false'},
+                     timeout=30).json()['total'] == 1
         r = s.get(srv.url + f'/api/incidents/{mid["incident_id"]}/video.mp4', timeout=60)
         assert r.status_code == 409 and 'SHA-256' in r.json()['error']
 
@@ -328,6 +383,9 @@ def test_the_newest_incident_cut_from_the_bucket_is_caught_by_the_recorded_witne
                                        params={'verified': 'false'}).json()['items'])
         cut = next(i for i in got if i['incident_id'] == newest['incident_id'])
         assert cut['present'] is False
+        totals = {v: s.get(srv.url + '/api/incidents', params={'verified': v}, timeout=30)
+                  .json()['total'] for v in ('true', 'false', '')}
+        assert totals == {'true': 0, 'false': 3, '': 3}, totals   # the cut taints the history
         assert any(p.startswith('missing_from_bucket') for p in cut['verify_problems'])
         assert any('behind_witness' in p for p in cut['verify_problems']), cut
         devs = s.get(srv.url + '/api/devices', timeout=30).json()['items']

@@ -354,6 +354,100 @@ def test_a_tampered_incident_shows_not_verified_with_the_reason(world, portal, b
     shot(driver, 'tampered.png')
 
 
+
+def reloaded(driver, before: str, what: str) -> str:
+    """Wait until the list page has loaded again after ``before`` (its load stamp)."""
+    return wait(driver, f"const l = document.body.dataset.loaded; return l && l !== '{before}' "
+                "&& l", 30, what)
+
+
+def rows_shown(driver) -> list[str]:
+    return driver.execute_script("return [...document.querySelectorAll('#incidents tbody tr')]"
+                                 ".map(r => r.dataset.incident)")
+
+
+def test_older_and_newer_follow_the_list_cursors(world, portal, browser):
+    """The list pages with the API's keyset cursors: Older continues after the last row,
+    Newer comes back, the filters and page size stay in the address bar."""
+    driver = browser
+    log_in(driver, portal.url, 'admin', portal.password)
+    listed(driver, 2)
+    m = sorted(manifests(world / 'bucket').values(), key=lambda x: -x['sequence'])
+    driver.get(portal.url + '/?per_page=1&verified=true')
+    stamp = wait(driver, 'return document.body.dataset.loaded', 30, 'first page')
+    assert rows_shown(driver) == [m[0]['incident_id']]
+    assert driver.find_element('id', 'page-info').text.startswith('page 1 of 2 · 2 incidents')
+    assert not driver.find_element('id', 'prev').is_enabled()
+    driver.find_element('id', 'next').click()
+    stamp = reloaded(driver, stamp, 'the older page')
+    assert rows_shown(driver) == [m[1]['incident_id']], rows_shown(driver)
+    assert 'after=' in driver.current_url and 'verified=true' in driver.current_url
+    assert driver.find_element('id', 'page-info').text.startswith('page 2 of 2')
+    assert not driver.find_element('id', 'next').is_enabled()
+    driver.find_element('id', 'prev').click()
+    reloaded(driver, stamp, 'the newer page')
+    assert rows_shown(driver) == [m[0]['incident_id']]
+    assert 'after=' not in driver.current_url and 'before=' not in driver.current_url
+
+
+def test_admin_creates_a_supervisor_who_cannot_see_users_or_audit(world, portal, browser):
+    """The users page (admin API only): an admin creates a supervisor and sets a password;
+    the supervisor logs in, has no Users or Audit link, and both pages refuse them."""
+    driver = browser
+    log_in(driver, portal.url, 'admin', portal.password)
+    nav = driver.execute_script("return [...document.querySelectorAll('header nav a')]"
+                                ".map(a => a.textContent)")
+    assert 'Users' in nav and 'Audit log' in nav, nav
+    driver.find_element('link text', 'Users').click()
+    wait(driver, "return location.pathname === '/users' && document.body.dataset.ready", 30,
+         'users page')
+    users = lambda: driver.execute_script(  # noqa: E731
+        "return Object.fromEntries([...document.querySelectorAll('#users tbody tr')]"
+        ".map(r => [r.dataset.user, r.dataset.role]))")
+    assert users() == {'admin': 'admin'}, users()
+    from selenium.webdriver.support.ui import Select
+    driver.find_element('id', 'new-user').send_keys('sue')
+    Select(driver.find_element('id', 'new-role')).select_by_value('supervisor')
+    driver.find_element('id', 'new-password').send_keys('short')
+    driver.find_element('id', 'create-submit').click()      # the browser's minlength holds it
+    driver.execute_script("document.getElementById('new-password').removeAttribute('minlength')")
+    driver.find_element('id', 'create-submit').click()
+    wait(driver, "return !document.getElementById('error').classList.contains('hidden')", 20,
+         'the server refuses a short password')
+    assert '10 characters' in driver.find_element('id', 'error').text
+    pw = driver.find_element('id', 'new-password')
+    pw.clear()
+    pw.send_keys('sue-password-1')
+    driver.find_element('id', 'create-submit').click()
+    wait(driver, "return document.querySelector('#users tr[data-user=\"sue\"]')", 20,
+         'sue listed')
+    assert users() == {'admin': 'admin', 'sue': 'supervisor'}, users()
+    assert 'created sue (supervisor)' in driver.find_element('id', 'notice').text
+    row = driver.find_element('css selector', '#users tr[data-user="sue"]')
+    row.find_element('css selector', 'input.new-password').send_keys('sue-password-2')
+    row.find_element('css selector', 'button[type=submit]').click()
+    wait(driver, "return document.getElementById('notice').textContent"
+         ".includes('password of sue set')", 20, 'password set')
+    shot(driver, 'users.png')
+    driver.find_element('id', 'logout').click()
+    wait(driver, "return location.pathname === '/login'", 20, 'logged out')
+    log_in(driver, portal.url, 'sue', 'sue-password-2')
+    assert driver.find_element('id', 'who').text == 'sue (supervisor)'
+    nav = driver.execute_script("return [...document.querySelectorAll('header nav a')]"
+                                ".map(a => a.textContent)")
+    assert 'Users' not in nav and 'Audit log' not in nav, nav
+    for path, words in (('/users', 'may not manage users'), ('/audit', 'may not read')):
+        driver.get(portal.url + path)
+        wait(driver, "return !document.getElementById('error').classList.contains('hidden')",
+             20, f'{path} refuses a supervisor')
+        assert words in driver.find_element('id', 'error').text
+        assert not driver.execute_script(
+            "return document.querySelectorAll('tbody tr').length"), path
+    status = driver.execute_async_script(
+        "const done = arguments[0]; Promise.all(['/api/users', '/api/audit'].map(p => "
+        "fetch(p, {credentials: 'same-origin'}).then(r => r.status))).then(done)")
+    assert status == [403, 403], status
+
 def test_bodycam_run_incident_is_listed_verified_and_plays_in_its_portal(tmp_path, browser):
     """Issue 12, done when: after `bodycam run` the incident is listed verified in the portal
     the run started, its video plays in Chromium, and the view is in the audit log."""

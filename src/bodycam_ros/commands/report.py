@@ -121,10 +121,10 @@ def build_view(incident: Path, agency: Path, work: Path, identity: Any = None
                                  state_dir=work / 'state'))
     try:
         if identity is not None:
-            portal.cache._identity = identity
+            portal.cache.use_identity(identity)
         portal.indexer.poll()
         try:
-            row = portal._row(iid)
+            row = portal.row(iid)
         except ApiError as exc:
             raise ReportError(f'{incident}: not indexed ({exc}); is it a sealed incident of '
                               f'device {device}?') from exc

@@ -17,8 +17,15 @@ POST /api/users/{name}/password {"password"}                   (admin)
 GET  /api/status                       -> schema_version, database, bucket, incidents, indexer
 GET  /api/devices                      -> {"items": [{device_id, witness {seq, sha256},
                                           max_sequence, ledger_ok, problems}]}
-GET  /api/incidents?unit=&officer=&date_from=&date_to=&reason=&verified=true|false&page=
-                    &per_page=         -> {"items", "total", "page", "per_page"}, newest first;
+GET  /api/incidents?unit=&officer=&date_from=&date_to=&reason=&verified=true|false
+                    &after=|before=|page=&per_page=
+                                       -> {"items", "total", "total_is_estimate", "page",
+     "per_page", "next", "prev"}, newest first. ``next``/``prev``: opaque cursors for
+     ``after=`` (older) / ``before=`` (newer), null at the end; a cursor page costs the same
+     at any depth (``page`` is null there). ``page=`` skips at most 10,000 rows (400 beyond).
+     ``total``: exact from the indexer's counts (no filter, or one of unit/officer/reason/
+     verified) or counted up to 10,000 matches; above that an estimate, and
+     ``total_is_estimate`` is true.
      dates: YYYY-MM-DD (date_to inclusive), ISO date-time or UNIX s. Item: incident_id,
      device_id, officer_id, sequence, start_time, end_time, start_iso, end_iso,
      triggers [{reason, time}], verified, verify_problems ["code: message"], has_proxy,

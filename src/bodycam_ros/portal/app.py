@@ -8,6 +8,7 @@ the decryption are blocking.
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -28,7 +29,8 @@ from starlette.staticfiles import StaticFiles
 
 from bodycam_ros.portal import audit, auth
 from bodycam_ros.portal.bucket import Bucket
-from bodycam_ros.portal.db import SCHEMA_VERSION, Database, open_database
+from bodycam_ros.portal.db import (SCHEMA_VERSION, Database, open_database,
+                                   recount_incidents)
 from bodycam_ros.portal.evidence import EvidenceCache, PlaybackError
 from bodycam_ros.portal.fleet import Fleet, FleetConfig, FleetError
 from bodycam_ros.portal.indexer import Indexer
@@ -44,6 +46,28 @@ PAGES = {'/': 'index.html', '/incident': 'incident.html', '/audit': 'audit.html'
          '/users': 'users.html', '/fleet': 'fleet.html'}
 _ITEM_COLUMNS = ('incident_id, device_id, officer_id, sequence, start_time, end_time, '
                  'triggers, verified, problems, has_proxy, present, sort_time')
+#: ``page=`` skips at most this many rows (deeper: the ``next`` cursor, which costs the same
+#: at any depth); a filtered total is counted exactly up to COUNT_EXACT_MAX matches.
+MAX_OFFSET = 10_000
+COUNT_EXACT_MAX = 10_000
+
+
+def encode_cursor(sort_time: float, incident_id: str) -> str:
+    """An opaque position in the list: the last row's (sort_time, incident_id)."""
+    raw = json.dumps([sort_time, incident_id], separators=(',', ':')).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip('=')
+
+
+def decode_cursor(value: str, name: str) -> tuple[float, str]:
+    try:
+        got = json.loads(base64.urlsafe_b64decode(value + '=' * (-len(value) % 4)))
+        if isinstance(got, list) and len(got) == 2 and isinstance(got[1], str) and \
+                isinstance(got[0], (int, float)) and not isinstance(got[0], bool):
+            return float(got[0]), got[1]
+    except (ValueError, TypeError):
+        pass
+    raise ApiError(400, f'{name}={value[:80]!r}: a cursor from a list answer\'s next/prev '
+                   'expected')
 
 
 @dataclass
@@ -62,6 +86,10 @@ class PortalConfig:
     webhook_token_file: str = ''
     webhook_ca_file: str = ''
     allow_insecure_webhook: bool = False
+    #: The incident list: ``page=`` skips at most this many rows; a filtered total is exact
+    #: up to this many matches, estimated above.
+    max_offset: int = MAX_OFFSET
+    count_exact_max: int = COUNT_EXACT_MAX
 
 
 class ApiError(Exception):
@@ -126,6 +154,7 @@ class Portal:
         state = Path(cfg.state_dir)
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.db: Database = open_database(cfg.database or str(state / 'portal.db'))
+        recount_incidents(self.db)    # counts right even after rows were loaded around us
         self.bucket = Bucket(cfg.bucket, **cfg.s3)
         self.indexer = Indexer(self.db, self.bucket, Path(cfg.agency_dir), cfg.poll_s)
         self.indexer.trust()          # fail at start on an unreadable trust store
@@ -387,45 +416,118 @@ class Portal:
         return JSONResponse(self.list_incidents(request.query_params))
 
     def list_incidents(self, q: Any) -> dict[str, Any]:
-        """One page, newest first. The filters run on one table (``incident_reasons`` when a
-        reason is asked, which repeats unit, officer and verified) in index order; only the
-        page's ids then join the wide rows (a deferred join: a deep OFFSET walks an index, not
-        the table)."""
-        conds, params = [], []
+        """One page, newest first, in index order: ``after``/``before`` continue from a cursor
+        (a keyset: the index is entered at the cursor, so page 1000 costs what page 1 does);
+        ``page`` skips rows (up to ``max_offset``). The filters run on one table
+        (``incident_reasons`` when a reason is asked, which repeats unit, officer and verified);
+        only the page's ids then join the wide rows. The total comes from the indexer's
+        counts, or a count stopped at ``count_exact_max``, else an estimate
+        (``total_is_estimate``)."""
+        conds, params, keys = [], [], []
         table = 'incidents'
         if q.get('reason'):
             table = 'incident_reasons'
             conds.append('x.reason = ?')
             params.append(q['reason'])
+            keys.append(('reason', q['reason']))
         for arg, column in (('unit', 'device_id'), ('officer', 'officer_id')):
             if q.get(arg):
                 conds.append(f'x.{column} = ?')
                 params.append(q[arg])
+                keys.append((arg, q[arg]))
+        span: list[float | None] = [None, None]
         if q.get('date_from'):
+            span[0] = _time_arg(q['date_from'], 'date_from', False)
             conds.append('x.sort_time >= ?')
-            params.append(_time_arg(q['date_from'], 'date_from', False))
+            params.append(span[0])
         if q.get('date_to'):
+            span[1] = _time_arg(q['date_to'], 'date_to', True)
             conds.append('x.sort_time < ?')
-            params.append(_time_arg(q['date_to'], 'date_to', True))
+            params.append(span[1])
         if q.get('verified'):
             v = q['verified'].lower()
             if v not in ('true', 'false', '1', '0'):
                 raise ApiError(400, f'verified={q["verified"]!r}: true or false expected')
             conds.append('x.verified = ?')
             params.append(int(v in ('true', '1')))
-        page = _int_arg(q, 'page', 1, 1, 10_000_000)
+            keys.append(('verified', str(params[-1])))
         per_page = _int_arg(q, 'per_page', 50, 1, 500)
+        after, before = q.get('after'), q.get('before')
+        if after and before:
+            raise ApiError(400, 'after= and before= together: give one cursor')
+        if (after or before) and q.get('page'):
+            raise ApiError(400, 'page= with a cursor: give one of them')
+        page = _int_arg(q, 'page', 1, 1, 10_000_000)
+        offset = (page - 1) * per_page
+        if offset > self.cfg.max_offset:
+            raise ApiError(400, f'page={page}: skips {offset} rows, more than '
+                           f'{self.cfg.max_offset}; '
+                           'follow the `next` cursor (after=) to go deeper')
+        where_filters = (' WHERE ' + ' AND '.join(conds)) if conds else ''
+        filter_params, nconds = list(params), len(conds)
+        order = 'DESC'
+        if after or before:
+            key = decode_cursor(after or before, 'after' if after else 'before')
+            conds.append(f'(x.sort_time, x.incident_id) {"<" if after else ">"} (?, ?)')
+            params += list(key)
+            order = 'DESC' if after else 'ASC'
         where = (' WHERE ' + ' AND '.join(conds)) if conds else ''
-        total = self.db.one(f'SELECT COUNT(*) FROM {table} x{where}', params)
         cols = ', '.join(f'i.{c.strip()}' for c in _ITEM_COLUMNS.split(','))
         rows = self.db.query(
             f'SELECT {cols} FROM incidents i WHERE i.incident_id IN ('
             f'SELECT x.incident_id FROM {table} x{where} '
-            f'ORDER BY x.sort_time DESC, x.incident_id DESC LIMIT ? OFFSET ?) '
-            'ORDER BY i.sort_time DESC, i.incident_id DESC',
-            [*params, per_page, (page - 1) * per_page])
-        return {'items': [self._item(r) for r in rows], 'total': int(total[0]), 'page': page,
-                'per_page': per_page}
+            f'ORDER BY x.sort_time {order}, x.incident_id {order} LIMIT ? OFFSET ?)',
+            [*params, per_page + 1, offset])
+        rows.sort(key=lambda r: (r[11], r[0]), reverse=(order == 'DESC'))
+        more = len(rows) > per_page
+        rows = rows[:per_page]
+        if before:
+            rows.reverse()
+        items = [self._item(r) for r in rows]
+        older = more if not before else bool(items)
+        newer = (more if before else bool(after) or page > 1) and bool(items)
+        total, estimate = self._total(table, where_filters, filter_params, keys, span, nconds)
+        return {'items': items, 'total': total, 'total_is_estimate': estimate,
+                'page': None if after or before else page, 'per_page': per_page,
+                'next': encode_cursor(rows[-1][11], rows[-1][0]) if older else None,
+                'prev': encode_cursor(rows[0][11], rows[0][0]) if newer else None}
+
+    def count(self, dim: str = '', value: str = '') -> int:
+        """The indexer's count of incidents with one filter value ('' '' : all)."""
+        r = self.db.one('SELECT n FROM incident_counts WHERE dim = ? AND value = ?',
+                        (dim, value))
+        return max(0, int(r[0])) if r else 0
+
+    def _total(self, table: str, where: str, params: list[Any], keys: list[tuple[str, str]],
+               span: list[float | None], nconds: int) -> tuple[int, bool]:
+        """(total, is_estimate). No filter or one equality filter: the indexer's count
+        (exact). Otherwise count up to count_exact_max + 1 matches (exact below it); above,
+        estimate from the counts assuming independent filters and start times spread evenly
+        between the oldest and newest incident."""
+        if nconds == 0:
+            return self.count(), False
+        if nconds == 1 and len(keys) == 1:
+            return self.count(*keys[0]), False
+        cap = self.cfg.count_exact_max
+        got = self.db.one(f'SELECT COUNT(*) FROM (SELECT 1 FROM {table} x{where} '
+                          f'LIMIT {int(cap) + 1}) c', params)
+        n = int(got[0]) if got else 0
+        if n <= cap:
+            return n, False
+        everything = max(1, self.count())
+        each = [self.count(*k) for k in keys]
+        est = float(everything)
+        for c in each:
+            est *= c / everything
+        if span != [None, None]:
+            lo, hi = self.db.one('SELECT MIN(sort_time), MAX(sort_time) FROM incidents') or \
+                (None, None)
+            if lo is not None and hi is not None and hi > lo:
+                a, b = max(lo, span[0] if span[0] is not None else lo), \
+                    min(hi, span[1] if span[1] is not None else hi)
+                est *= max(0.0, b - a) / (hi - lo)
+        upper = min(each, default=everything)
+        return int(round(min(max(est, cap + 1), upper))), True
 
     @staticmethod
     def _item(r: tuple[Any, ...]) -> dict[str, Any]:
@@ -435,7 +537,8 @@ class Portal:
                 'verify_problems': json.loads(r[8]), 'has_proxy': bool(r[9]),
                 'present': bool(r[10]), 'sort_time': r[11]}
 
-    def _row(self, iid: str) -> dict[str, Any]:
+    def row(self, iid: str) -> dict[str, Any]:
+        """The indexed incident with its manifest and verification (404 unknown)."""
         r = self.db.one('SELECT incident_id, device_id, officer_id, sequence, start_time, '
                         'end_time, triggers, verified, problems, has_proxy, present, sort_time, '
                         'key_prefix, manifest, manifest_sha256, verification, indexed_at, '
@@ -474,7 +577,7 @@ class Portal:
 
     def detail(self, request: Request, sess: auth.Session, body: bytes) -> Response:
         iid = request.path_params['incident_id']
-        row = self._row(iid)
+        row = self.row(iid)
         self.audit(request, 'incident_view', user=sess.user.name, incident_id=iid, status=200)
         return JSONResponse(self.describe(row, with_alerts=sess.user.may('media')))
 
@@ -540,7 +643,7 @@ class Portal:
 
     def video(self, request: Request, sess: auth.Session, body: bytes) -> Response:
         iid = request.path_params['incident_id']
-        row = self._row(iid)
+        row = self.row(iid)
         try:
             path = self.cache.plaintext(iid, row['key_prefix'], row['manifest'],
                                         row['manifest_sha256'], 'video.mp4')
@@ -554,13 +657,13 @@ class Portal:
 
     def proxy(self, request: Request, sess: auth.Session, body: bytes) -> Response:
         iid = request.path_params['incident_id']
-        row = self._row(iid)
+        row = self.row(iid)
         if not row['has_proxy']:
             raise ApiError(404, f'{iid} has no proxy')
         key = f'{row["key_prefix"]}/proxy.mp4'
         path = self.bucket.local_path(key)
         if path is None:
-            d = self.cache._dir(iid, row['manifest_sha256'])
+            d = self.cache.incident_dir(iid, row['manifest_sha256'])
             path = d / 'proxy.mp4'
             if not path.exists():
                 self.bucket.download(key, path)
@@ -572,7 +675,7 @@ class Portal:
 
     def sensors(self, request: Request, sess: auth.Session, body: bytes) -> Response:
         iid = request.path_params['incident_id']
-        row = self._row(iid)
+        row = self.row(iid)
         try:
             data = self.cache.sensors(iid, row['key_prefix'], row['manifest'],
                                       row['manifest_sha256'])
@@ -584,7 +687,7 @@ class Portal:
     def export(self, request: Request, sess: auth.Session, body: bytes) -> Response:
         from bodycam_ros.portal.export import build_export
         iid = request.path_params['incident_id']
-        row = self._row(iid)
+        row = self.row(iid)
         self.audit(request, 'export', user=sess.user.name, incident_id=iid, status=200)
         try:
             path = build_export(self, row, sess.user.name)
@@ -604,9 +707,8 @@ class Portal:
              'checked_at': r[6]} for r in rows]})
 
     def status(self, request: Request, sess: auth.Session, body: bytes) -> Response:
-        n = self.db.one('SELECT COUNT(*) FROM incidents')
         return JSONResponse({'schema_version': self.db.version(), 'database': self.db.dialect,
-                             'bucket': self.bucket.url, 'incidents': int(n[0]),
+                             'bucket': self.bucket.url, 'incidents': self.count(),
                              'indexer': {'polls': self.indexer.polls,
                                          'last_error': self.indexer.last_error,
                                          'last_poll_s': round(self.indexer.last_poll_s, 4)}})

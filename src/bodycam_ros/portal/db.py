@@ -22,6 +22,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+#: ``incident_counts`` rebuilt from the tables (migration 3, :func:`recount_incidents`).
+COUNT_STATEMENTS = [
+    "INSERT INTO incident_counts (dim, value, n) SELECT '', '', COUNT(*) FROM incidents",
+    "INSERT INTO incident_counts (dim, value, n) SELECT 'unit', device_id, COUNT(*) "
+    'FROM incidents GROUP BY device_id',
+    "INSERT INTO incident_counts (dim, value, n) SELECT 'officer', officer_id, COUNT(*) "
+    'FROM incidents GROUP BY officer_id',
+    "INSERT INTO incident_counts (dim, value, n) SELECT 'verified', CAST(verified AS TEXT), "
+    'COUNT(*) FROM incidents GROUP BY verified',
+    "INSERT INTO incident_counts (dim, value, n) SELECT 'reason', reason, COUNT(*) "
+    'FROM incident_reasons GROUP BY reason',
+]
+
 #: Migrations in order: (version, what, statements). Never edit an applied one; add one.
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
     (1, 'users, sessions, incident index, devices, audit', [
@@ -84,6 +97,20 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             longitude {real}, clear INTEGER NOT NULL, sent_by TEXT NOT NULL,
             created_at {real} NOT NULL, delivered_at {real})""",
     ]),
+    (3, 'incident list: counts kept by the indexer, indexes for keyset pages with verified', [
+        # One row per (filter, value): '' '' is every incident; 'unit'/'officer'/'verified'/
+        # 'reason' one filter value each. The indexer keeps them with every write
+        # (indexer.bump_counts), so a total needs no COUNT(*) over the table.
+        """CREATE TABLE incident_counts (
+            dim TEXT NOT NULL, value TEXT NOT NULL, n BIGINT NOT NULL,
+            PRIMARY KEY (dim, value))""",
+        # Verified combined with a unit or a trigger reason: read in (sort_time, incident_id)
+        # order straight from the index, and counted without touching the table.
+        'CREATE INDEX incidents_device_verified ON incidents '
+        '(device_id, verified, sort_time, incident_id)',
+        'CREATE INDEX incident_reasons_verified ON incident_reasons '
+        '(reason, verified, sort_time, incident_id)',
+    ] + COUNT_STATEMENTS),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 _TYPES = {'sqlite': {'real': 'REAL', 'blob': 'BLOB'},
@@ -241,6 +268,15 @@ def migrate(db: Database, now: float | None = None) -> list[int]:
         raise DatabaseError(f'{db.safe_url} has schema version {have}, newer than this '
                             f'portal ({SCHEMA_VERSION}): upgrade bodycam_ros')
     return applied
+
+
+def recount_incidents(db: Database) -> None:
+    """Rebuild ``incident_counts`` from the tables: heals counts after rows were written
+    around the indexer (a restore, a bulk load)."""
+    with db.transaction(exclusive=True):
+        db.execute('DELETE FROM incident_counts')
+        for stmt in COUNT_STATEMENTS:
+            db.execute(stmt)
 
 
 def open_database(url: str) -> Database:

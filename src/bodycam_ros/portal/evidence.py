@@ -42,16 +42,22 @@ class EvidenceCache:
         self._guard = threading.Lock()
 
     def identity(self) -> Any:
+        """The agency's X25519 key, loaded from the agency directory on first use."""
         if self._identity is None:
             from bodycam_ros.core import trust
             self._identity = trust.load_encryption_private(self.agency_dir)
         return self._identity
 
+    def use_identity(self, identity: Any) -> None:
+        """Decrypt with this key instead (one already unlocked, e.g. after a passphrase)."""
+        self._identity = identity
+
     def _lock(self, key: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
-    def _dir(self, incident_id: str, manifest_sha256: str) -> Path:
+    def incident_dir(self, incident_id: str, manifest_sha256: str) -> Path:
+        """The incident's plaintext cache folder (0700), keyed by its manifest."""
         d = self.root / f'{incident_id}-{manifest_sha256[:16]}'
         d.mkdir(exist_ok=True, mode=0o700)
         return d
@@ -64,7 +70,7 @@ class EvidenceCache:
         entry = files.get(stored)
         if not isinstance(entry, dict):
             raise PlaybackError(f'{incident_id} has no {name}')
-        out_dir = self._dir(incident_id, manifest_sha256)
+        out_dir = self.incident_dir(incident_id, manifest_sha256)
         target = out_dir / name
         with self._lock(f'{incident_id}/{name}'):
             if target.exists():
@@ -123,7 +129,7 @@ class EvidenceCache:
     def sensors(self, incident_id: str, key_prefix: str, manifest: dict[str, Any],
                 manifest_sha256: str) -> dict[str, Any]:
         """Plot series from the decrypted ``sensors.mcap`` (cached as JSON)."""
-        out_dir = self._dir(incident_id, manifest_sha256)
+        out_dir = self.incident_dir(incident_id, manifest_sha256)
         cached = out_dir / 'sensors.json'
         if cached.exists():
             return json.loads(cached.read_text())

@@ -187,7 +187,7 @@ class Indexer:
                 by_incident.setdefault(p.incident_id, []).append(f'{p.code}: {p.message}')
         ledger_events = self._ledger_events(rep)
         old = {r[0]: r for r in self.db.query(
-            'SELECT incident_id, listing, verification, problems, present, manifest '
+            'SELECT incident_id, listing, verification, problems, present, manifest, verified '
             'FROM incidents WHERE device_id = ?', (dev_id,))}
         rows: list[tuple[Any, ...]] = []
         for iid, files in sorted(objs.incidents.items()):
@@ -218,6 +218,9 @@ class Indexer:
                                 (json.dumps(problems), json.dumps(verification), now, r[0]))
                 self.db.execute('UPDATE incident_reasons SET verified = 0 WHERE incident_id = ?',
                                 (r[0],))
+                if r[6]:
+                    bump_counts(self.db, [('verified', '1')], -1)
+                    bump_counts(self.db, [('verified', '0')], 1)
             head = rep.ledger.head
             wseq, wsha = (witness.seq, witness.sha256) if witness else (None, None)
             if rep.ok and head is not None and (witness is None or head.seq >= witness.seq):
@@ -395,10 +398,32 @@ def sha256_object(bucket: Bucket, key: str) -> str:
     return h.hexdigest()
 
 
+def count_keys(device_id: str, officer_id: str, verified: int, reasons: str
+               ) -> list[tuple[str, str]]:
+    """The ``incident_counts`` rows one incident counts in."""
+    return [('', ''), ('unit', device_id), ('officer', officer_id),
+            ('verified', str(int(verified)))] + \
+        [('reason', r) for r in reasons.split(',') if r]
+
+
+def bump_counts(db: Database, keys: list[tuple[str, str]], delta: int) -> None:
+    """Add ``delta`` to each count (in the caller's transaction, so a count never disagrees
+    with the rows it counts)."""
+    db.executemany('INSERT INTO incident_counts (dim, value, n) VALUES (?, ?, ?) '
+                   'ON CONFLICT (dim, value) DO UPDATE SET n = incident_counts.n + excluded.n',
+                   [(d, v, delta) for d, v in keys])
+
+
 def upsert_incident(db: Database, row: tuple[Any, ...]) -> None:
-    """Insert or replace one incident row and its reasons (within the caller's transaction)."""
+    """Insert or replace one incident row and its reasons, and keep ``incident_counts``
+    (within the caller's transaction)."""
     iid, dev, officer, reasons, sort_time, verified = row[0], row[1], row[2], row[9], \
         row[6], row[15]
+    old = db.one('SELECT device_id, officer_id, verified, reasons FROM incidents '
+                 'WHERE incident_id = ?', (iid,))
+    if old is not None:
+        bump_counts(db, count_keys(*old), -1)
+    bump_counts(db, count_keys(dev, officer, verified, reasons), 1)
     db.execute('DELETE FROM incidents WHERE incident_id = ?', (iid,))
     db.execute('DELETE FROM incident_reasons WHERE incident_id = ?', (iid,))
     db.execute(f'INSERT INTO incidents ({_INCIDENT_COLUMNS}) VALUES '

@@ -89,7 +89,9 @@ const Portal = (() => {
     const nav = el('nav', {},
       el('a', { href: '/', class: active === 'list' ? 'active' : null }, 'Incidents'),
       may('audit') ? el('a', { href: '/audit', class: active === 'audit' ? 'active' : null },
-        'Audit log') : null);
+        'Audit log') : null,
+      may('users') ? el('a', { href: '/users', class: active === 'users' ? 'active' : null },
+        'Users') : null);
     const out = el('button', {
       type: 'button', id: 'logout', onclick: async () => {
         await api('/api/logout', { method: 'POST' }).catch(() => null);

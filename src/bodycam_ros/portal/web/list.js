@@ -1,5 +1,7 @@
-// Incident list: filters in the address bar (shareable), newest first, paged, refreshed
-// every 10 s so an incident appears here minutes after its seal without a reload.
+// Incident list: filters in the address bar (shareable), newest first, refreshed every 10 s
+// so an incident appears here minutes after its seal without a reload. Older/Newer follow the
+// API's keyset cursors (after=/before=), so page 1000 loads as fast as page 1; `n` in the
+// address bar is only the page number shown.
 'use strict';
 
 const PER_PAGE = 25;
@@ -10,9 +12,14 @@ function query() {
   const q = new URLSearchParams(location.search);
   const out = new URLSearchParams();
   for (const f of FIELDS) if (q.get(f)) out.set(f, q.get(f));
-  out.set('page', q.get('page') || '1');
-  out.set('per_page', String(PER_PAGE));
+  if (q.get('after')) out.set('after', q.get('after'));
+  else if (q.get('before')) out.set('before', q.get('before'));
+  out.set('per_page', q.get('per_page') || String(PER_PAGE));
   return out;
+}
+
+function pageNumber() {
+  return Math.max(1, Number(new URLSearchParams(location.search).get('n') || '1') || 1);
 }
 
 function fillForm() {
@@ -63,11 +70,15 @@ async function load() {
   const body = document.querySelector('#incidents tbody');
   body.replaceChildren(...data.items.map(row));
   $('none').classList.toggle('hidden', data.items.length > 0);
+  const n = pageNumber();
+  const total = `${data.total_is_estimate ? 'about ' : ''}${data.total}`;
   const pages = Math.max(1, Math.ceil(data.total / data.per_page));
-  $('page-info').textContent =
-    `page ${data.page} of ${pages} · ${data.total} incident${data.total === 1 ? '' : 's'}`;
-  $('prev').disabled = data.page <= 1;
-  $('next').disabled = data.page >= pages;
+  $('page-info').textContent = `page ${n} of ${data.total_is_estimate ? 'about ' : ''}` +
+    `${pages} · ${total} incident${data.total === 1 ? '' : 's'}`;
+  $('prev').disabled = !data.prev && n <= 1;
+  $('next').disabled = !data.next;
+  $('prev').dataset.cursor = data.prev || '';
+  $('next').dataset.cursor = data.next || '';
   document.body.dataset.loaded = String(Date.now());
   timer = setTimeout(() => load().catch(() => null), 10000);
 }
@@ -84,9 +95,21 @@ Portal.start('list', async () => {
     go(p);
   });
   $('clear').addEventListener('click', () => { $('filters').reset(); go(new URLSearchParams()); });
+  // Keep the filters, move the cursor: Older continues after this page's last row, Newer
+  // comes back before its first; the first page needs no cursor (it also shows new ones).
   const page = (d) => {
     const p = new URLSearchParams(location.search);
-    p.set('page', String(Math.max(1, Number(p.get('page') || '1') + d)));
+    p.delete('after');
+    p.delete('before');
+    p.delete('page');
+    const n = pageNumber() + d;
+    const cursor = $(d > 0 ? 'next' : 'prev').dataset.cursor;
+    if (n > 1 && cursor) {
+      p.set(d > 0 ? 'after' : 'before', cursor);
+      p.set('n', String(n));
+    } else {
+      p.delete('n');
+    }
     go(p);
   };
   $('prev').addEventListener('click', () => page(-1));
