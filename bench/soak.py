@@ -524,6 +524,43 @@ def _sizes(m: dict) -> dict[str, int]:
     return {n: f.get('size') for n, f in (m.get('files') or {}).items()}
 
 
+def duplicates(s3) -> tuple[dict[str, int], int]:
+    """Incident objects written more than once (stored versions, and successful
+    PutObject/CompleteMultipartUpload requests the server saw), and all such writes."""
+    duplicated = {k: n for k, n in s3.versions(BUCKET).items()
+                  if n > 1 and not k.endswith(MUTABLE_KEYS)}
+    writes: dict[str, int] = {}
+    for r in s3.log(BUCKET):
+        if r.op in ('PutObject', 'CompleteMultipartUpload') and 200 <= r.status < 300 and \
+                not r.key.endswith(MUTABLE_KEYS):
+            writes[r.key] = writes.get(r.key, 0) + 1
+    for k, n in writes.items():
+        if n > 1:
+            duplicated[k] = max(duplicated.get(k, 0), n)
+    return duplicated, sum(writes.values())
+
+
+def node_stats(sampler: Sampler, kills: dict[str, int],
+               warmup_s: float) -> dict[str, dict[str, float | int | None]]:
+    """Per node: kills, lifetimes, RSS (first, last, max, slope), fds, mean CPU."""
+    nodes: dict[str, dict[str, float | int | None]] = {}
+    for name in (*NODES, SUPERVISOR):
+        ss = sampler.samples.get(name, [])
+        if not ss:
+            continue
+        slope, covered = pooled_slope(ss, sampler.started, warmup_s)
+        nodes[name] = {
+            'kills': kills.get(name, 0),
+            'lifetimes': len({s.pid for s in ss}),
+            'rss_first_mb': ss[0].rss / 1e6, 'rss_last_mb': ss[-1].rss / 1e6,
+            'rss_max_mb': max(s.rss for s in ss) / 1e6,
+            'rss_slope_mb_h': slope, 'slope_covered_s': covered,
+            'fds_max': max(s.fds for s in ss), 'fds_last': ss[-1].fds,
+            'cpu_mean_pct': sum(s.cpu for s in ss[1:]) / max(1, len(ss) - 1),
+        }
+    return nodes
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -768,39 +805,16 @@ def run(plan: Plan, work: Path, echo: Callable[[str], None] = print,
         findings.append(f'left unsealed in recording/ after the stop: {sorted(unsealed)}')
     if quarantined:
         findings.append(f'quarantined: {sorted(quarantined)}')
+    if pruned & on_unit:
+        findings.append(f'the ledger says pruned but the incident is still on the unit: '
+                        f'{sorted(pruned & on_unit)}')
 
     incidents, gaps = coverage(s3.client(), officer.stamps, plan.fps)
     findings += gaps
     hollow = {r['incident_id'] for r in incidents if r['hollow']}
     lost = sorted(missing | hollow)
-    versions = s3.versions(BUCKET)
-    duplicated = {k: n for k, n in versions.items()
-                  if n > 1 and not k.endswith(MUTABLE_KEYS)}
-    writes: dict[str, int] = {}
-    for r in s3.log(BUCKET):
-        if r.op in ('PutObject', 'CompleteMultipartUpload') and 200 <= r.status < 300 and \
-                not r.key.endswith(MUTABLE_KEYS):
-            writes[r.key] = writes.get(r.key, 0) + 1
-    for k, n in writes.items():
-        if n > 1:
-            duplicated[k] = max(duplicated.get(k, 0), n)
-
-    nodes: dict[str, dict[str, float | int | None]] = {}
-    warmup = min(plan.warmup_s, duration / 5)
-    for name in (*NODES, SUPERVISOR):
-        ss = sampler.samples.get(name, [])
-        if not ss:
-            continue
-        slope, covered = pooled_slope(ss, sampler.started, warmup)
-        nodes[name] = {
-            'kills': kills.get(name, 0),
-            'lifetimes': len({s.pid for s in ss}),
-            'rss_first_mb': ss[0].rss / 1e6, 'rss_last_mb': ss[-1].rss / 1e6,
-            'rss_max_mb': max(s.rss for s in ss) / 1e6,
-            'rss_slope_mb_h': slope, 'slope_covered_s': covered,
-            'fds_max': max(s.fds for s in ss), 'fds_last': ss[-1].fds,
-            'cpu_mean_pct': sum(s.cpu for s in ss[1:]) / max(1, len(ss) - 1),
-        }
+    duplicated, writes = duplicates(s3)
+    nodes = node_stats(sampler, kills, min(plan.warmup_s, duration / 5))
     tracebacks = {}
     for log in sorted(logs.glob('*.log')):
         n = log.read_text(errors='replace').count('Traceback (most recent call last)')
@@ -820,7 +834,7 @@ def run(plan: Plan, work: Path, echo: Callable[[str], None] = print,
         'kills': sum(kills.values()), 'connection_cuts': proxy.cuts, 'outages': outages,
         'outage_cuts': proxy.outage_cuts, 'full_disk_windows': disk.full_windows,
         'full_disk_s': round(disk.full_s, 1), 'connections': proxy.connections,
-        'object_writes': sum(writes.values()), 'run_exit': stop_code if stop_code is not None
+        'object_writes': writes, 'run_exit': stop_code if stop_code is not None
         else -1, 'upload_once_exit': up.returncode, 'verify_exit': ver.returncode,
     }
     disk_info: dict[str, int | float | str] = {
@@ -895,7 +909,9 @@ def table(rep: Report) -> str:
                          f'{f(r["head"], 5)} {f(r["tail"], 5)}  '
                          f'{",".join(r["reasons"])}'
                          f'{"  recovered" if r["recovered"] else ""}'
-                         f'{"  incomplete " + ",".join(r["incomplete_files"]) if r["incomplete_files"] else ""}')
+                         f'{"  HOLLOW" if r["hollow"] else ""}'
+                         + (f'  incomplete {",".join(r["incomplete_files"])}'
+                            if r['incomplete_files'] else ''))
     if rep.bucket_problems:
         lines += ['', 'bucket problems:'] + [f'  {p}' for p in rep.bucket_problems]
     if rep.findings:
