@@ -35,6 +35,7 @@ bench: install
 	$(VENV)/bin/python -m bench.lookback
 	$(VENV)/bin/python -m bench.upload
 	$(VENV)/bin/python -m bench.live_latency
+	$(VENV)/bin/python -m bench.live_relay
 	$(VENV)/bin/python -m bench.encryption
 	$(VENV)/bin/python -m bench.budget
 

@@ -346,9 +346,20 @@ class Page:
                   '!r.textContent.includes("no position")', timeout_s,
                   f'{did} listed online with a position', did)
 
+    def click(self, css: str, tries: int = 20) -> None:
+        """A real click on ``css``; again if a refresh replaced the element meanwhile."""
+        from selenium.common.exceptions import StaleElementReferenceException
+        for i in range(tries):
+            try:
+                self.driver.find_element('css selector', css).click()
+                return
+            except StaleElementReferenceException:
+                if i == tries - 1:
+                    raise
+                time.sleep(0.05)
+
     def watch(self, did: str) -> None:
-        self.driver.find_element(
-            'css selector', f'#units tr[data-device="{did}"] button.watch').click()
+        self.click(f'#units tr[data-device="{did}"] button.watch')
 
     def video_time(self) -> float:
         return float(self.js(f'return document.getElementById("{self.video_id}").currentTime'))
@@ -603,6 +614,9 @@ def main() -> None:
             [v.error for v in viewers]
         time.sleep(2.0)               # keyframe + a first state round from every sim unit
         cap2, drop2 = camera_counts(probe)
+        sent0 = [u for u in session.get(portal.url + '/api/units').json()
+                 if u['device_id'] == DEVICE][0]['link']['video_bytes_in']
+        got0 = [v.bytes for v in viewers]
         load_cpu = cpu_window(portal.proc.pid, args.seconds)
         cap3, drop3 = camera_counts(probe)
         row = [u for u in session.get(portal.url + '/api/units').json()
@@ -610,17 +624,17 @@ def main() -> None:
         stop.set()
         for v in viewers:
             v.stop_event.set()
-        got = [v.bytes for v in viewers]
+        got = [v.bytes - g for v, g in zip(viewers, got0)]
+        sent = row['link']['video_bytes_in'] - sent0
         print(f'(b) {args.sim_units} simulated units sending state + {args.viewers} viewers on '
               f'{DEVICE} for {args.seconds:g} s: camera dropped {drop3 - drop2} of '
               f'{cap3 - cap2 + drop3 - drop2} frames (idle window: {drop1 - drop0} of '
               f'{cap1 - cap0 + drop1 - drop0}); floor 0: '
               f'{"PASS" if drop3 - drop2 == 0 else "FAIL"}')
         print(f'    portal CPU: {load_cpu * 100:.1f} % of a core under load, '
-              f'{idle_cpu * 100:.1f} % with the one unit idle (baseline); viewers received '
-              f'{min(got) / 1e6:.1f}..{max(got) / 1e6:.1f} MB each, the unit sent '
-              f'{row["link"]["video_bytes_in"] / 1e6:.1f} MB of video in all (one stream), '
-              f'{row["viewers"]} viewers listed')
+              f'{idle_cpu * 100:.1f} % with the one unit idle (baseline); in the window the '
+              f'viewers received {min(got) / 1e6:.2f}..{max(got) / 1e6:.2f} MB each, the unit '
+              f'sent {sent / 1e6:.2f} MB of video (one stream for {row["viewers"]} viewers)')
         print(f'    unit link: {probe.link.get("generations")} stream generation(s), '
               f'{probe.link.get("stream_bytes_per_minute")} B/min streamed, '
               f'{probe.link.get("idle_bytes_per_hour")} B/h idle')

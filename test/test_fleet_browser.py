@@ -95,7 +95,7 @@ def test_fleet_page_lists_plays_alerts_acks_and_dispatches(fleet):
     assert [r['user'] for r in watched] == ['admin'], watched
 
     # -- sound: the one-time button (a real click), then beeps while an alert is open -----
-    page.driver.find_element('id', 'sound').click()
+    page.click('#sound')
     page.wait("return document.body.dataset.audio === 'running'", 10, 'audio running')
     assert page.js('return document.body.dataset.sounding') == 'false'
 
@@ -129,8 +129,7 @@ def test_fleet_page_lists_plays_alerts_acks_and_dispatches(fleet):
 
     # -- acknowledge on the page: the ack is in /api/alerts and in the audit log ----------
     for d in draws + downs:
-        page.driver.find_element('css selector',
-                                 f'#alerts [data-alert="{d["id"]}"] button.ack').click()
+        page.click(f'#alerts [data-alert="{d["id"]}"] button.ack')
         page.wait(f'return !document.querySelector(\'#alerts [data-alert="{d["id"]}"]\')', 10,
                   f'alert {d["id"]} gone from the open alerts')
     rows = {a['id']: a for a in s.get(portal.url + '/api/alerts').json()}
@@ -140,7 +139,8 @@ def test_fleet_page_lists_plays_alerts_acks_and_dispatches(fleet):
     assert {r['details']['alert_id'] for r in acks} == {d['id'] for d in draws + downs}
     assert {r['user'] for r in acks} == {'admin'}
     page.wait("return document.body.dataset.sounding === 'false'", 5, 'the sound stopped')
-    log_row = page.driver.find_element('css selector', f'#alert-log tr[data-alert="{downs[0]["id"]}"]')
+    log_row = page.driver.find_element('css selector',
+                                       f'#alert-log tr[data-alert="{downs[0]["id"]}"]')
     assert log_row.get_attribute('data-status') == 'acknowledged' and 'admin' in log_row.text
 
     # -- dispatch: a point clicked on the track view, sent from the page ------------------
@@ -151,7 +151,7 @@ def test_fleet_page_lists_plays_alerts_acks_and_dispatches(fleet):
     lon_in = float(page.driver.find_element('id', 'd-lon').get_attribute('value'))
     assert abs(lat_in - 38.58) < 0.05 and abs(lon_in + 121.49) < 0.05, (lat_in, lon_in)
     assert page.js("return document.getElementById('d-unit').value") == DEVICE
-    page.driver.find_element('id', 'd-send').click()
+    page.click('#d-send')
     page.wait("return document.getElementById('d-result').dataset.result", 30, 'dispatch result')
     result = page.driver.find_element('id', 'd-result')
     assert result.get_attribute('data-result') == 'delivered', result.text

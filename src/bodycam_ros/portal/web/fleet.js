@@ -165,7 +165,8 @@ function renderAlerts() {
   const body = $('alert-log').querySelector('tbody');
   body.replaceChildren(...view.alerts.map((a) => el('tr', { 'data-alert': a.id,
     'data-status': a.status, class: a.status === 'open' ? 'open' : null },
-  el('td', {}, clockUtc(a.time), el('div', { class: 'muted small' }, Portal.utc(a.time).slice(0, 10))),
+  el('td', {}, clockUtc(a.time),
+    el('div', { class: 'muted small' }, Portal.utc(a.time).slice(0, 10))),
   el('td', {}, el('span', { class: `kind kind-${a.kind}` }, KIND_TEXT[a.kind] || a.kind),
     a.unit_state !== 'raised' ? el('div', { class: 'muted small' }, a.unit_state) : null),
   el('td', { class: 'mono' }, a.device_id),
@@ -345,8 +346,8 @@ function drawMap() {
     const fill = !u.online ? '#98a2b3' : u.recording ? '#b42318' : '#17703a';
     kids.push(el('g', { class: `marker${alerting ? ' alerting' : ''}`, 'data-device': u.device_id,
       style: u.online && Portal.may('live') ? 'cursor:pointer' : null,
-      onclick: u.online && Portal.may('live') ? (ev) => { ev.stopPropagation(); openLive(u.device_id); }
-        : null },
+      onclick: u.online && Portal.may('live')
+        ? (ev) => { ev.stopPropagation(); openLive(u.device_id); } : null },
     alerting ? el('circle', { class: 'ring', cx: x, cy: y, r: 14, fill: 'none',
       stroke: '#b42318', 'stroke-width': 3 }) : null,
     el('circle', { cx: x, cy: y, r: 7, fill, stroke: '#fff', 'stroke-width': 2 }),
@@ -356,7 +357,8 @@ function drawMap() {
   }
   const bx = M; const by = H - 12; const bw = len * scale;
   kids.push(el('g', { class: 'scale-bar' },
-    el('rect', { x: bx - 6, y: by - 14, width: bw + 70, height: 22, fill: '#f3f6f1', opacity: 0.85 }),
+    el('rect', { x: bx - 6, y: by - 14, width: bw + 70, height: 22, fill: '#f3f6f1',
+      opacity: 0.85 }),
     el('line', { x1: bx, x2: bx + bw, y1: by, y2: by, stroke: '#101828', 'stroke-width': 2 }),
     el('line', { x1: bx, x2: bx, y1: by - 5, y2: by + 1, stroke: '#101828', 'stroke-width': 2 }),
     el('line', { x1: bx + bw, x2: bx + bw, y1: by - 5, y2: by + 1, stroke: '#101828',
@@ -440,7 +442,8 @@ function codecOf(init) {
 function initLength(buf) {
   let off = 0;
   while (off + 8 <= buf.length) {
-    const size = ((buf[off] << 24) >>> 0) + (buf[off + 1] << 16) + (buf[off + 2] << 8) + buf[off + 3];
+    const size = ((buf[off] << 24) >>> 0) + (buf[off + 1] << 16) + (buf[off + 2] << 8) +
+      buf[off + 3];
     const type = String.fromCharCode(buf[off + 4], buf[off + 5], buf[off + 6], buf[off + 7]);
     if (size < 8 || off + size > buf.length) return 0;
     off += size;
