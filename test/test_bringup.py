@@ -78,6 +78,25 @@ def test_ctrl_c_stops_every_node_cleanly(tmp_path: Path):
     assert 'bodycam: stopping' in out and 'unclean exits' not in out
 
 
+def test_ctrl_c_while_the_graph_is_still_starting_stops_cleanly(tmp_path: Path):
+    """SIGINT right after the 'starting' line lands while children, the monitor and the
+    portal are still coming up: it must stop what was started, exit 0, orphan nothing."""
+    proc = subprocess.Popen([sys.executable, '-m', 'bodycam_ros.cli', 'run', '--quiet',
+                             '--no-portal', '--nodes', 'imu,gps,holster',
+                             '--log-dir', str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = proc.stdout.readline()
+    assert first.startswith('bodycam: starting'), first
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, first + out
+    assert 'bodycam: stopping' in out and 'unclean exits' not in out
+    assert 'Traceback' not in out
+    for node in ('imu', 'gps', 'holster'):
+        log = (tmp_path / f'{node}.log').read_text(errors='replace')
+        assert 'Traceback' not in log, log
+
+
 def test_unknown_node_is_a_clear_error():
     r = subprocess.run([sys.executable, '-m', 'bodycam_ros.cli', 'run', '--nodes', 'camra'],
                        capture_output=True, text=True)

@@ -40,6 +40,8 @@ def node_class(name: str) -> Callable[..., object]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from bodycam_ros import earlystop
+    earlystop.install()               # a stop during the node imports below is honoured
     argv = list(sys.argv[1:] if argv is None else argv)
     ros_args = argv[argv.index('--ros-args'):] if '--ros-args' in argv else []
     own = argv[:len(argv) - len(ros_args)]

@@ -167,7 +167,8 @@ class StopSignals:
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        from bodycam_ros import earlystop
+        self.signum: int | None = earlystop.signum   # asked to stop while still importing
         for sig in self.SIGNALS:
             signal.signal(sig, self._on_signal)
 

@@ -98,6 +98,11 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    # A Ctrl-C or SIGTERM while the graph is still coming up (imports, key set-up, children
+    # starting) is remembered and honoured once the supervisor can stop what it started.
+    deferred: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _f: deferred.append(signum))
+    signal.signal(signal.SIGTERM, lambda signum, _f: deferred.append(signum))
     from bodycam_ros import bringup
     from bodycam_ros.paths import config_file
 
@@ -202,9 +207,6 @@ def main(args: argparse.Namespace) -> int:
     from bodycam_ros.monitor import Monitor
     import rclpy
     from rclpy.signals import SignalHandlerOptions
-    # Ctrl-C is Python's KeyboardInterrupt; SIGTERM (systemd, timeout) stops the same way
-    # instead of killing us and orphaning the nodes in their own sessions.
-    signal.signal(signal.SIGTERM, _interrupt)
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     monitor = Monitor(namespace=args.namespace)
     from rclpy.executors import SingleThreadedExecutor
@@ -213,6 +215,12 @@ def main(args: argparse.Namespace) -> int:
     from bodycam_ros.sdnotify import ALIVE_S, Watchdog
     watchdog = Watchdog(lambda: monitor.missing(names, ALIVE_S))   # systemd: Type=notify
     deadline = time.monotonic() + duration if duration else None
+    # From here Ctrl-C is a KeyboardInterrupt; SIGTERM (systemd, timeout) stops the same way
+    # instead of killing us and orphaning the nodes in their own sessions.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if deferred:
+        deadline = time.monotonic()          # asked to stop while starting: stop now, cleanly
     if duration:
         print(f'bodycam: running for {duration:.0f} s', flush=True)
     last_print = time.monotonic()
