@@ -676,16 +676,75 @@ def _check_one_signer(report: Report, by_seq: dict[int, IncidentCheck], trust: A
 
 def prune_incident(root: Path, path: Path, incident_id: str, sequence: Any,
                    manifest_sha256: str) -> None:
-    """Delete one incident directory under the evidence root ``root``, chain first.
+    """Delete one incident directory under the evidence root ``root``.
 
-    Its chain link goes to ``pruned.jsonl`` (fsync) before anything is deleted, so the chain
-    of what remains still verifies; the directory is then renamed out of every reader's sight
-    and removed. Callers decide *whether* (only incidents verified in the bucket).
+    The directory is first renamed out of every reader's sight (``.pruning-<name>``, which
+    needs no free space), its large files are deleted (so a full disk has room again), then
+    its chain link goes to ``pruned.jsonl`` (fsync) and the rest is removed. A failure at
+    any step leaves ``.pruning-<name>`` with its manifest, which :func:`finish_pruning`
+    completes on the next pass. Callers decide *whether* (only incidents verified in the
+    bucket).
     """
-    line = json.dumps({'incident_id': incident_id, 'sequence': sequence,
-                       'manifest_sha256': manifest_sha256, 'pruned_time': time.time()},
-                      sort_keys=True) + '\n'
-    append_durable(root / PRUNED_LOG, line.encode())
     trash = path.parent / f'.pruning-{path.name}'
-    os.replace(path, trash)
+    if path.exists():
+        os.replace(path, trash)
+    _finish_one(root, trash, {'incident_id': incident_id, 'sequence': sequence,
+                              'manifest_sha256': manifest_sha256})
+
+
+def _finish_one(root: Path, trash: Path, link: dict[str, Any]) -> None:
+    keep = (MANIFEST, SIGNATURE)
+    for p in sorted(trash.iterdir()):     # the large files first: they free the space
+        if p.name in keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    if not _pruned_logged(root, link.get('sequence'), link.get('manifest_sha256')):
+        line = json.dumps(link | {'pruned_time': time.time()}, sort_keys=True) + '\n'
+        append_durable(root / PRUNED_LOG, line.encode())
     shutil.rmtree(trash)
+
+
+def _pruned_logged(root: Path, sequence: Any, manifest_sha256: Any) -> bool:
+    try:
+        text = (root / PRUNED_LOG).read_text()
+    except FileNotFoundError:
+        return False
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get('sequence') == sequence and \
+                rec.get('manifest_sha256') == manifest_sha256:
+            return True
+    return False
+
+
+def finish_pruning(root: Path) -> list[str]:
+    """Complete every prune an earlier pass left half-done (``spool/.pruning-<name>``, e.g.
+    a full disk refused the ``pruned.jsonl`` line or a power cut). Returns the names
+    finished; raises OSError when the disk still refuses."""
+    done = []
+    spool = root / 'spool'
+    try:
+        trashes = sorted(p for p in spool.iterdir() if p.name.startswith('.pruning-'))
+    except FileNotFoundError:
+        return done
+    for trash in trashes:
+        link: dict[str, Any] | None = None
+        try:
+            data = (trash / MANIFEST).read_bytes()
+            m = json.loads(data)
+            link = {'incident_id': m['incident_id'], 'sequence': m['sequence'],
+                    'manifest_sha256': sha256_bytes(data)}
+        except (OSError, ValueError, KeyError, TypeError):
+            link = None
+        if link is None:                  # its manifest went with a link already logged
+            shutil.rmtree(trash)
+        else:
+            _finish_one(root, trash, link)
+        done.append(trash.name[len('.pruning-'):])
+    return done

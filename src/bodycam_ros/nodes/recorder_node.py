@@ -316,8 +316,7 @@ class RecorderNode(Node):
 
     def _tick(self) -> None:
         self._recorder.tick()
-        for line in self._recorder.events():
-            self.get_logger().info(line)
+        self._log_events()
         st = self._recorder.status()
         if st.state is not self._last_state:
             self._last_state = st.state
@@ -342,6 +341,7 @@ class RecorderNode(Node):
             fsync_ms=st.sync_ms_mean, disk_error=st.disk_error,
             seal_failures=st.seal_failures, writer_errors=st.writer_errors, problem=problem,
             refused_stops=st.refused_stops, log_errors=st.log_errors,
+            lost_frames=st.lost_frames, closing=st.closing,
             encryption='age-v1' if self._p['encrypt'] else 'none',
             evidence_dir=str(self._store.root.resolve()))
         msg = status(f'{self.get_namespace().rstrip("/")}/recorder'.lstrip('/'), level,
@@ -350,7 +350,24 @@ class RecorderNode(Node):
         self._diag.set(level, f'{st.state.value}' + (f': {problem}' if problem else ''),
                        **{k: v for k, v in values.items() if k != 'evidence_dir'})
 
+    def _log_events(self) -> None:
+        """The recorder's lines at their level: a full disk is never INFO."""
+        log = self.get_logger()
+        for line in self._recorder.events():
+            if line.startswith('ERROR '):
+                log.error(line[6:])
+            elif line.startswith('WARN ') or 'failed' in line:
+                log.warning(line.removeprefix('WARN '))
+            else:
+                log.info(line)
+
     def _health(self, st: RecorderStatus) -> tuple[int, str]:
+        if st.lost_frames:
+            return ERROR, (f'{st.lost_frames} video frame(s) dropped: disk full with the '
+                           'memory cap reached')
+        if st.closing:
+            return ERROR, (f'disk full: {st.closing} incident(s) wait to be closed, '
+                           f'{st.pending_bytes} bytes held in memory')
         if st.disk_error:
             return ERROR, f'disk error: {st.disk_error}'
         if st.disk_low:
@@ -373,8 +390,7 @@ class RecorderNode(Node):
     def close(self) -> None:
         """Seal what is being recorded (shutdown) before the process exits."""
         self._recorder.close()
-        for line in self._recorder.events():
-            self.get_logger().info(line)
+        self._log_events()
         self._store.unlock()
 
 

@@ -99,6 +99,8 @@ class RecorderStatus:
     quarantined_now: int = 0     # quarantined by this process (an ERROR until restart)
     refused_stops: int = 0       # stops refused while the weapon was drawn / officer down
     log_errors: int = 0          # ledger or audit appends that failed (see the events)
+    lost_frames: int = 0         # video dropped: the disk was full and memory at its cap
+    closing: int = 0             # incidents whose close waits for disk space (data in RAM)
 
 
 @dataclass
@@ -117,6 +119,8 @@ class _Counters:
     free_bytes: int = -1
     frames: int = 0
     pending: int = 0
+    lost_frames: int = 0
+    closing: int = 0
     sync_s: float = 0.0
     syncs: int = 0
     events: deque = field(default_factory=lambda: deque(maxlen=100))
@@ -297,7 +301,7 @@ class Recorder:
             self._jobs.qsize(), c.pending, c.sealed, c.recovered, c.quarantined,
             c.last_sealed, c.disk_error, c.disk_low, c.seal_failures,
             1000.0 * c.sync_s / c.syncs if c.syncs else 0.0, c.internal_errors,
-            c.quarantined_now, c.refused_stops, c.log_errors)
+            c.quarantined_now, c.refused_stops, c.log_errors, c.lost_frames, c.closing)
 
     def _put(self, kind: str, payload: Any) -> None:
         self._jobs.put((kind, payload))
@@ -306,6 +310,8 @@ class Recorder:
     def _run(self) -> None:
         writer: IncidentWriter | None = None
         retry: list[Path] = []       # closed incidents whose sealing failed (disk full)
+        closing: list[IncidentWriter] = []   # close refused by a full disk: bytes in RAM
+        dropping = False             # over the memory cap: video dropped to the next keyframe
         next_check = 0.0
         next_retry = 0.0
         while True:
@@ -315,47 +321,54 @@ class Recorder:
                 kind, payload = 'idle', None
             try:
                 if kind == 'video' and writer is not None:
-                    writer.video(payload)
-                    self._c.frames = writer.frames
+                    dropping = self._over_cap(writer, closing, payload, dropping)
+                    if not dropping:
+                        writer.video(payload)
+                        self._c.frames = writer.frames
                 elif kind == 'sensor' and writer is not None:
                     writer.sensor(payload)
                 elif kind == 'event' and writer is not None:
                     writer.event(payload)
                 elif kind == 'open':
-                    writer = self._open_incident(payload, writer, retry)
+                    writer = self._open_incident(payload, writer, retry, closing)
+                    dropping = False
                 elif kind == 'seal' and writer is not None:
-                    self._close_and_seal(writer, payload, retry)
+                    self._close_and_seal(writer, payload, retry, closing)
                     writer = None
                 elif kind == 'recover':
                     self._recover(retry)
                 elif kind == 'quit':
+                    self._retry_closing(closing, retry, final=True)
                     self._final_retry(retry)
                     return
             except OSError as exc:    # the disk: reported, never fatal, nothing deleted
                 self._c.disk_error = f'{exc.strerror or exc} ({kind})'
-                self._c.events.append(f'disk error during {kind}: {exc}')
+                self._c.events.append(f'ERROR disk error during {kind}: {exc}')
             except Exception as exc:  # noqa: BLE001 - this thread must outlive any one bug
                 self._item_error(kind, exc)
             if writer is not None:
                 writer.maybe_sync()
-                self._c.pending = writer.pending_bytes
                 err = writer.disk_error
                 self._c.disk_error = f'{err.strerror or err}' if err else \
-                    ('' if not retry else self._c.disk_error)
+                    ('' if not (retry or closing) else self._c.disk_error)
                 self._c.sync_s, self._c.syncs = writer.sync_s, writer.syncs
+            self._c.pending = (writer.pending_bytes if writer is not None else 0) + \
+                sum(w.pending_bytes for w in closing)
+            self._c.closing = len(closing)
             now = time.monotonic()
             if now >= next_check:
                 next_check = now + self.cfg.disk_check_s
                 self._check_disk()
-            if retry and now >= next_retry:
-                next_retry = now + 5.0
+            if (retry or closing) and now >= next_retry:
+                next_retry = now + 1.0
+                self._retry_closing(closing, retry)
                 self._final_retry(retry)
 
     def _open_incident(self, payload: tuple, writer: IncidentWriter | None,
-                       retry: list[Path]) -> IncidentWriter:
+                       retry: list[Path], closing: list[IncidentWriter]) -> IncidentWriter:
         incident_id, opened, snap, record = payload
         if writer is not None:      # cannot happen via the state machine; seal, never drop
-            self._close_and_seal(writer, 'superseded', retry)
+            self._close_and_seal(writer, 'superseded', retry, closing)
         w = IncidentWriter(self.store.recording / incident_id, opened, self.cfg.fragment_s,
                            recipients=self._recipients)
         w.event(record)
@@ -385,14 +398,39 @@ class Recorder:
         self._c.internal_errors += 1
         self._c.events.append(f'writer error during {kind}: {type(exc).__name__}: {exc}')
 
-    def _close_and_seal(self, writer: IncidentWriter, reason: str, retry: list[Path]) -> None:
+    def _over_cap(self, writer: IncidentWriter, closing: list[IncidentWriter],
+                  pkt: VideoPacket, dropping: bool) -> bool:
+        """True to drop this packet: the disk refuses bytes and what waits in memory is at
+        the cap (the ring's byte limit). Dropped frames are counted in the status and in the
+        incident's records (``lost``), never silently; writing resumes on a keyframe."""
+        held = writer.pending_bytes + sum(w.pending_bytes for w in closing)
+        over = held >= self.ring.max_bytes
+        if dropping and not over and pkt.keyframe:
+            return False
+        if not dropping and not over:
+            return False
+        self._c.lost_frames += 1
+        if not dropping:
+            self._c.events.append(f'ERROR disk full and {held} bytes held in memory (cap '
+                                  f'{self.ring.max_bytes}): dropping video until space '
+                                  'returns; every dropped frame is counted')
+        writer.event({'type': 'lost', 'frames': 1, 't': pkt.t, 'why': 'disk full, memory cap'})
+        return True
+
+    def _close_and_seal(self, writer: IncidentWriter, reason: str, retry: list[Path],
+                        closing: list[IncidentWriter]) -> None:
         try:
             writer.close(reason)
         except OSError as exc:
-            writer.abandon()
+            # Never abandon: the bytes are in memory and would be lost; the files on disk
+            # are not the incident. Closed (and sealed) as soon as space returns.
             self._c.seal_failures += 1
             self._c.disk_error = f'{exc.strerror or exc} (closing {writer.dir.name})'
-            retry.append(writer.dir)
+            self._c.events.append(f'ERROR incident {writer.dir.name}: cannot close: {exc}; '
+                                  f'{writer.pending_bytes} bytes held in memory, sealed when '
+                                  'space returns')
+            if writer not in closing:
+                closing.append(writer)
             return
         except Exception as exc:  # noqa: BLE001 - the muxer failed: what is on disk stays
             writer.abandon()
@@ -408,7 +446,8 @@ class Recorder:
         except (OSError, ev.EvidenceError) as exc:   # the disk or the store: retried
             self._c.seal_failures += 1
             self._c.disk_error = f'{exc.strerror or exc} (sealing {directory.name})'
-            self._c.events.append(f'incident {directory.name}: sealing failed, will retry: '
+            self._c.events.append(f'ERROR incident {directory.name}: sealing failed, will '
+                                  'retry: '
                                   f'{exc}')
             if directory not in retry:
                 retry.append(directory)
@@ -483,6 +522,24 @@ class Recorder:
         self._c.log_errors += 1
         self._c.events.append(f'{which} append failed: {type(exc).__name__}: {exc}')
 
+    def _retry_closing(self, closing: list[IncidentWriter], retry: list[Path],
+                       final: bool = False) -> None:
+        """Finish closes the disk refused; seal each once every byte is on disk. ``final``
+        (shutdown): what still cannot be written is left for recovery, said loudly."""
+        for w in list(closing):
+            try:
+                w.close('')
+            except OSError as exc:
+                if final:
+                    self._c.events.append(f'ERROR incident {w.dir.name}: shutdown with the '
+                                          f'disk full ({exc}): {w.pending_bytes} bytes not '
+                                          'written; recovery seals what is on disk')
+                    w.abandon()
+                    closing.remove(w)
+                continue
+            closing.remove(w)
+            self._seal(w.dir, recovered=False, retry=retry)
+
     def _final_retry(self, retry: list[Path]) -> None:
         for d in list(retry):
             # A failed close means the video may lack its trailer: seal as recovered.
@@ -523,7 +580,7 @@ class Recorder:
             free = self.store.free_bytes()
             low = free < self.cfg.min_free_bytes
             if low and not self._c.disk_low:
-                self._c.events.append(f'disk low: {free} bytes free < {self.cfg.min_free_bytes}'
+                self._c.events.append(f'WARN disk low: {free} bytes free < {self.cfg.min_free_bytes}'
                                       '; recording goes on, nothing is deleted here')
             self._c.disk_low, self._c.free_bytes = low, free
         except OSError as exc:

@@ -53,6 +53,20 @@ class Identity:
     encryption: tuple[tuple[str, str], ...] = (('scheme', ev.SCHEME_NONE),)
 
 
+def _empty_reason(video: dict[str, Any], events: list[dict[str, Any]],
+                  closed: dict[str, Any] | None, recovered: bool) -> str | None:
+    """Why an incident holds no video (None when it does): never an unexplained empty."""
+    if video.get('frame_count', 0):
+        return None
+    if not events:
+        return 'no lifecycle records on disk (crash or full disk before the first write)'
+    if closed is not None and not closed.get('frames') and not recovered:
+        return 'no video frame arrived while the incident was open'
+    if any(e.get('type') == 'lost' for e in events):
+        return 'every frame was dropped: disk full with the memory cap reached'
+    return 'recovered without any complete video fragment on disk'
+
+
 def seal(store: EvidenceStore, directory: Path, key: Any, ident: Identity,
          recovered: bool, *, now: float, wall_now: float) -> Path:
     """Turn ``recording/<id>`` into a signed, chained ``spool/<id>``; return the new path.
@@ -133,6 +147,9 @@ def seal(store: EvidenceStore, directory: Path, key: Any, ident: Identity,
         'sealed_ros_time': round(now, 6),
         'end_reason': closed.get('reason') if closed and not recovered else 'recovered',
         'frame_count': video.get('frame_count', 0),
+        # Frames the recorder dropped (disk full with its memory cap reached): counted here.
+        'lost_frames': sum(int(e.get('frames') or 0) for e in events if e.get('type') == 'lost'),
+        'empty_reason': _empty_reason(video, events, closed, recovered),
         'video': video,
         'sensors': sensors,
         'gps_track': gps,

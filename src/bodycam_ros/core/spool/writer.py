@@ -86,6 +86,9 @@ class IncidentWriter:
         self.syncs = 0
         self.video_errors = 0
         self.sensor_errors = 0
+        self._close_record: dict[str, Any] | None = None
+        self._close_written = False
+        self._frames_closed = 0
         self.event(open_record)
 
     def _streams(self) -> list[_Stream]:
@@ -94,7 +97,7 @@ class IncidentWriter:
 
     @property
     def frames(self) -> int:
-        return self._mp4.frames if self._mp4 else 0
+        return self._mp4.frames if self._mp4 else self._frames_closed
 
     @property
     def pending_bytes(self) -> int:
@@ -176,8 +179,24 @@ class IncidentWriter:
         """Finish the MP4 (last fragment, trailer), the MCAP and the age files, and make
         everything durable.
 
-        Raises OSError when the disk still refuses bytes; then nothing is lost: the files
-        stay as they are in recording/ and sealing is retried (or done by recovery)."""
+        Raises OSError when the disk still refuses bytes; then nothing is lost: every
+        accepted byte stays in memory and calling ``close`` again (once space returns)
+        resumes where this one stopped, with the same close record."""
+        if self._close_record is None:
+            self._close_record = self._finish(end_reason)
+        for s in self._streams():          # bytes durable before the close record says so
+            s.file.close()
+        if not self._close_written:
+            self._events.write((json.dumps(self._close_record, sort_keys=True) + '\n').encode())
+            self._close_written = True
+        self._events.close()
+
+    @property
+    def closing(self) -> bool:
+        """``close`` started (the streams are finished); only the disk is still missing."""
+        return self._close_record is not None
+
+    def _finish(self, end_reason: str) -> dict[str, Any]:
         record: dict[str, Any] = {'type': 'close', 'reason': end_reason}
         if self._mp4 is not None:
             mp4 = self._mp4
@@ -186,11 +205,13 @@ class IncidentWriter:
             record.update({'frames': mp4.frames, 'keyframes': mp4.keyframes,
                            'first_t': mp4.first_t, 'last_t': mp4.last_t, 'width': mp4.width,
                            'height': mp4.height})
+            self._frames_closed = mp4.frames
             self._mp4 = None
         else:
             record['frames'] = 0
         if self._mcap is not None:
             bag = self._mcap.close()
+            self._mcap = None
             record['sensors'] = {'messages': bag.messages, 'skipped_types': bag.skipped,
                                  'first_stamp': bag.start_t, 'last_stamp': bag.end_t,
                                  'gps': bag.gps.as_dict()}
@@ -201,10 +222,7 @@ class IncidentWriter:
                 if info is not None:
                     files[s.name] = info
             record['files'] = files
-        for s in self._streams():          # bytes durable before the close record says so
-            s.file.close()
-        self.event(record)
-        self._events.close()
+        return record
 
     def abandon(self) -> None:
         for s in self._streams():

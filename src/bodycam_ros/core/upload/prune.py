@@ -11,8 +11,10 @@ one deletes nothing, and is turned back into "not uploaded" so the incident goes
 Then the signed ``pruned`` ledger entry with the upload proof is written (``trail``): that line
 is the proof a verifier accepts for the gap, so it goes to disk before anything is deleted, and
 without a device key (or without the incident's seal in the ledger) nothing is deleted at all.
-The delete itself is :func:`bodycam_ros.core.evidence.prune_incident` (chain link first), then
-an ``incident_pruned`` audit line.
+The delete itself is :func:`bodycam_ros.core.evidence.prune_incident` (large files first, so a
+full disk has room for the chain link), then an ``incident_pruned`` audit line. A delete the
+ledger records must complete: every pass first finishes any half-done one
+(:func:`bodycam_ros.core.evidence.finish_pruning`).
 """
 from __future__ import annotations
 
@@ -86,6 +88,8 @@ class PruneResult:
     requeued: list[str] = field(default_factory=list)              # upload.json refuted
     free_bytes: int | None = None
     low_disk: bool = False
+    finished: list[str] = field(default_factory=list)   # half-done prunes completed now
+    errors: list[str] = field(default_factory=list)     # local errors, with their errno
 
 
 def check_remote_copy(inc: Incident, backend: Backend, bucket_prefix: str,
@@ -185,6 +189,10 @@ class Pruner:
         cfg = self.config
         if not cfg.enabled:
             return result
+        try:                    # a prune the ledger already records must complete
+            result.finished = ev.finish_pruning(self.evidence_dir)
+        except OSError as exc:
+            result.errors.append(f'cannot finish a half-done prune: {exc}')
         if cfg.keep_local_s < 0:            # space only: read nothing while there is room
             result.free_bytes = self.free_bytes()
             if result.free_bytes >= cfg.min_free_bytes:
@@ -243,8 +251,9 @@ class Pruner:
         try:
             ev.prune_incident(self.evidence_dir, inc.path, inc.incident_id, inc.sequence,
                               inc.manifest_digest)
-        except OSError as exc:
+        except OSError as exc:     # left as .pruning-<name>: the next pass finishes it
             result.kept[name] = f'cannot delete: {exc}'
+            result.errors.append(f'{name}: cannot delete: {exc}')
             return False
         self.trail.after_prune(name, inc.sequence, inc.manifest_digest, record, now, why)
         self._recheck_at.pop(name, None)

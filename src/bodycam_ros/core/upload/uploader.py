@@ -735,17 +735,24 @@ class Uploader:
             self._verified_ids.discard(name)
             self._emit('deleted', name, f'local copy deleted ({why}); the bucket copy '
                        'verified just before and the signed prune record was logged first')
-        if result.deleted:
+        if result.deleted or result.finished:
             self.publish_trail()
         for name in result.requeued:
             self._verified_ids.discard(name)
             self._emit('requeued', name, f'upload.json said verified but the bucket does not '
                        f'hold it ({result.kept.get(name, "")}); uploading it again')
             self.nudge()
+        for name in result.finished:
+            self._verified_ids.discard(name)
+            self._emit('deleted', name, 'local copy deleted (a prune the ledger records, '
+                       'left half-done by an earlier pass, completed)')
+        for err in result.errors:
+            self._emit('error', '', f'prune: {err}')
         if result.low_disk:
+            kept = '; '.join(f'{n}: {w}' for n, w in sorted(result.kept.items())[:5])
             self._emit('warning', '', f'disk low: {result.free_bytes} bytes free < '
-                       f'min_free_bytes {self.config.min_free_bytes} and no verified '
-                       'incident left to delete')
+                       f'min_free_bytes {self.config.min_free_bytes}; ' +
+                       (f'kept: {kept}' if kept else 'no verified incident left to delete'))
         self._set(pruned_total=self._pruner.deleted_total, free_bytes=result.free_bytes,
                   low_disk=result.low_disk)
         return result
