@@ -289,6 +289,12 @@ def _record_patrol(tmp_path: Path, start_process) -> Path:
             tmp_path / f'{name}.yaml', {**common, **extra.get(name, {})}, [name])]
         argv = bringup.node_argv(name, files)
         procs[name] = start_process(argv[2], *argv[3:])
+        if name == 'recorder':
+            # The recorder must hear every input trigger_fusion decides on (the first fix
+            # once went only to trigger_fusion): the rest start once it subscribes.
+            end = time.monotonic() + 120
+            while 'evidence in' not in procs[name].output() and time.monotonic() < end:
+                time.sleep(0.2)
     fall_t = 138.0
     alert_due = fall_t + 0.5 + DOWN_HOLD_S + DISMISS_S + 1.5
     deadline = time.monotonic() + alert_due - SKIP_S + 60
