@@ -94,3 +94,19 @@ def test_a_prune_the_ledger_records_completes_on_a_full_disk(small: Path, tmp_pa
     assert left == [], (left, [e.message for e in pruner.events])
     assert pruned(evd) == names
     assert ev.verify_tree(evd).ok, ev.verify_tree(evd).as_dict()
+
+
+def test_uploads_and_prunes_at_zero_bytes_free(small: Path, tmp_path: Path):
+    """Seen in the soak: at 0 bytes free every incident failed on state.json, nothing went
+    up, and the summary said 0 left while all were there."""
+    evd = small / 'ev'
+    names = ['a', 'b']
+    for i, name in enumerate(names):
+        sealed(evd, name, start_time=T0 + i, sensors_size=150_000, seed=i)
+    fill(small)
+    up = file_uploader(tmp_path, evd, min_free_bytes=1 << 30)
+    result = up.drain(max_failures=2)
+    assert sorted(result.verified) == names, [e.message for e in up.events]
+    assert result.remaining == 0
+    assert sorted(p.name for p in (evd / 'spool').iterdir()) == []
+    assert ev.verify_tree(evd).ok, ev.verify_tree(evd).as_dict()

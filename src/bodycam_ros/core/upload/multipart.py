@@ -12,6 +12,7 @@ the size, and the server's own SHA-256 checksum whenever the store returns one.
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -263,9 +264,17 @@ class UploadState:
         #: The file held entries we could not have written (dropped; the store is asked).
         self.repaired = self.data.get('careful') is True and data.get('careful') is not True
         self.objects: dict[str, dict[str, Any]] = self.data['objects']
+        self.unsaved: OSError | None = None     # the last save a full disk refused
 
     def save(self) -> None:
-        atomic_write_json(self.path, self.data)
+        """Write the resume state; a full disk keeps it in memory for this pass (it is an
+        optimisation: the store's own verification is the truth)."""
+        try:
+            atomic_write_json(self.path, self.data)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.unsaved = exc
 
     def clear(self) -> None:
         shutil.rmtree(self.work_dir, ignore_errors=True)

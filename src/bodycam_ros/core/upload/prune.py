@@ -150,6 +150,8 @@ class Pruner:
         self._disk_free = disk_free or (lambda p: shutil.disk_usage(p).free)
         self._recheck_at: dict[str, float] = {}
         self.deleted_total = 0
+        #: Verified records a full disk kept out of ``upload.json`` (held for this process).
+        self.unwritten: dict[str, dict[str, Any]] = {}
 
     def uploaded(self, name: str) -> None:
         """``name`` was just uploaded and verified: a refuted check of it no longer holds."""
@@ -178,7 +180,7 @@ class Pruner:
         for e in entries:
             if e.name.startswith('.') or not e.is_dir(follow_symlinks=False):
                 continue
-            record = read_record(Path(e.path))
+            record = read_record(Path(e.path)) or self.unwritten.get(e.name)
             if record and record.get('verified') is True:
                 out.append((e.name, Path(e.path), record))
         return out

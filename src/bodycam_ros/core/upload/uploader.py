@@ -20,6 +20,7 @@ unit cannot read the video, so no proxy is made for them (said once, not an erro
 """
 from __future__ import annotations
 
+import errno
 import random
 import threading
 import time
@@ -391,7 +392,7 @@ class Uploader:
             result.verified.append(inc.incident_id)
             self._set(error_kind='', consecutive_failures=0, backoff_until=0.0)
         scan = self._scan()
-        result.remaining = len([i for i in scan.pending if i.path.name not in result.failed])
+        result.remaining = len(scan.pending)     # what really remains, failed ones too
         if self._stop.is_set():
             result.stopped = True
         return result
@@ -512,7 +513,16 @@ class Uploader:
             'sequence': inc.sequence,
             'encrypted': inc.encrypted,
         }
-        atomic_write_json(inc.path / RECORD, record)
+        try:
+            atomic_write_json(inc.path / RECORD, record)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # Verified in the store all the same: held in memory so it can be pruned and
+            # the space come back (the next pass, or the next start, writes it again).
+            self._pruner.unwritten[inc.path.name] = record
+            self._emit('error', inc.incident_id, f'cannot write {RECORD}: {exc}; verified, '
+                       'kept in memory (prunable)')
         state.clear()
         self._proxy_jobs.pop(inc.path.name, None)
         self._evidence_ok.pop(inc.path.name, None)
