@@ -179,7 +179,9 @@ def test_cursor_pages_walk_both_ways_and_totals_say_when_they_are_estimates(worl
                                         ({'reason': 'manual'}, 3, False),
                                         ({'unit': 'nobody'}, 0, False),
                                         ({'unit': DEVICE, 'reason': 'nothing'}, 0, False),
-                                        ({'unit': DEVICE, 'verified': 'true'}, 3, True)):
+                                        ({'unit': DEVICE, 'verified': 'true'}, 3, True),
+                                        ({'date_from': '500'}, 3, True),
+                                        ({'date_to': '500'}, 0, False)):
             got = q(**params).json()
             assert (got['total'], got['total_is_estimate']) == (total, estimate), (params, got)
         rows = srv.portal.db.query('SELECT dim, value, n FROM incident_counts')

@@ -520,8 +520,9 @@ class Portal:
         for c in each:
             est *= c / everything
         if span != [None, None]:
-            lo, hi = self.db.one('SELECT MIN(sort_time), MAX(sort_time) FROM incidents') or \
-                (None, None)
+            # Two statements: SQLite reads MIN and MAX from the index only one per SELECT.
+            lo = (self.db.one('SELECT MIN(sort_time) FROM incidents') or (None,))[0]
+            hi = (self.db.one('SELECT MAX(sort_time) FROM incidents') or (None,))[0]
             if lo is not None and hi is not None and hi > lo:
                 a, b = max(lo, span[0] if span[0] is not None else lo), \
                     min(hi, span[1] if span[1] is not None else hi)
