@@ -188,6 +188,31 @@ def test_cursor_pages_walk_both_ways_and_totals_say_when_they_are_estimates(worl
         assert ('', '', 3) in rows and ('unit', DEVICE, 3) in rows and \
             ('verified', '1', 3) in rows and ('reason', 'manual', 3) in rows, rows
 
+
+def test_migration_3_counts_what_a_version_2_portal_indexed(tmp_path, database):
+    """An index written by a schema-2 portal (no counts) upgrades in place: migration 3 counts
+    its rows, and the list's totals are right from the first request."""
+    from bodycam_ros.portal.db import Database, migrate
+    from bodycam_ros.portal.indexer import _INCIDENT_COLUMNS
+    db = Database(database or str(tmp_path / 'v2.db'))
+    assert migrate(db, 0.0, upto=2) == [1, 2]
+    rows = [(f'i{k}', f'unit-{k % 2}', f'officer-{k % 3}', k, 1000.0 + k, 1100.0 + k,
+             1000.0 + k, f'unit-{k % 2}/d/i{k}', '[]', 'fight,manual' if k % 2 else 'manual',
+             '{}', '0' * 64, '', 0, 1, int(k != 3), '[]', '{}', 0.0, 0.0) for k in range(5)]
+    db.executemany(f'INSERT INTO incidents ({_INCIDENT_COLUMNS}) VALUES '
+                   f'({", ".join("?" * 20)})', rows)
+    db.executemany('INSERT INTO incident_reasons (incident_id, reason, sort_time, device_id, '
+                   'officer_id, verified) VALUES (?, ?, ?, ?, ?, ?)',
+                   [(r[0], reason, r[6], r[1], r[2], r[15]) for r in rows
+                    for reason in r[9].split(',')])
+    assert migrate(db, 0.0) == [3]
+    counts = {(d, v): n for d, v, n in db.query('SELECT dim, value, n FROM incident_counts')}
+    assert counts == {('', ''): 5, ('unit', 'unit-0'): 3, ('unit', 'unit-1'): 2,
+                      ('officer', 'officer-0'): 2, ('officer', 'officer-1'): 2,
+                      ('officer', 'officer-2'): 1, ('verified', '1'): 4, ('verified', '0'): 1,
+                      ('reason', 'manual'): 5, ('reason', 'fight'): 2}, counts
+    db.close()
+
 def test_video_decrypts_to_the_signed_plaintext_with_range(world, database):
     from test_mp4 import ffprobe_frames
     srv, pw = start(world, database)

@@ -85,9 +85,9 @@ def url(request, tmp_path):
 
 def test_schema_is_versioned_and_migrated_once(url: str):
     db = open_database(url)
-    assert db.version() == SCHEMA_VERSION == 2
+    assert db.version() == SCHEMA_VERSION == 3
     assert migrate(db) == []                       # nothing applied twice
-    assert sorted(db.query('SELECT version FROM schema_migrations')) == [(1,), (2,)]
+    assert sorted(db.query('SELECT version FROM schema_migrations')) == [(1,), (2,), (3,)]
     db.execute('INSERT INTO schema_migrations (version, what, applied_at) VALUES (?, ?, ?)',
                (SCHEMA_VERSION + 1, 'from the future', 0.0))
     db.close()

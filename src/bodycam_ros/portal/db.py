@@ -247,14 +247,17 @@ class Database:
         return int(row[0] or 0) if row else 0
 
 
-def migrate(db: Database, now: float | None = None) -> list[int]:
-    """Apply every migration newer than the database; returns the versions applied."""
+def migrate(db: Database, now: float | None = None, upto: int | None = None) -> list[int]:
+    """Apply every migration newer than the database (up to version ``upto``: a staged
+    upgrade); returns the versions applied."""
     now = time.time() if now is None else now
     applied: list[int] = []
     with db.transaction(exclusive=True):
         db.execute(f'CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, '
                    f'what TEXT NOT NULL, applied_at {_TYPES[db.dialect]["real"]} NOT NULL)')
     for version, what, statements in MIGRATIONS:
+        if upto is not None and version > upto:
+            break
         with db.transaction(exclusive=True):
             if db.one('SELECT 1 FROM schema_migrations WHERE version = ?', (version,)):
                 continue
