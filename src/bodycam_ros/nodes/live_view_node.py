@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import math
+import socket
 import sys
 import time
 from pathlib import Path
@@ -89,6 +90,14 @@ class LiveViewNode(Node):
         retry_s = declare(self, 'retry_s', 5.0,
                           'wait before trying again when the port is in use [s]',
                           min_value=0.5, max_value=300.0)
+        self._evidence_dir = Path(declare(
+            self, 'evidence_dir', 'var/evidence',
+            "the recorder's evidence directory: live view sessions go into its audit log"))
+        self._key_dir = declare(self, 'key_dir', '',
+                                "the recorder's device key directory (signs the audit log); "
+                                "'' = sessions are not audited (a WARN says so)")
+        self._device_id = declare(self, 'device_id', '',
+                                  "this unit as registered with the agency; '' = host name")
         if bool(tls_cert) != bool(tls_key):
             raise ParameterError('parameters live_view.tls_cert and live_view.tls_key must be '
                                  'set together (both PEM files) or both empty')
@@ -103,7 +112,10 @@ class LiveViewNode(Node):
         self._token, self._bind, self._tls = token, bind, bool(tls_cert)
         self._make_server = lambda: LiveServer(
             self.stream, self.state, auth, WEB_DIR, bind=bind, port=port, tls_cert=tls_cert,
-            tls_key=tls_key, log=self.get_logger().debug, session_ttl_s=session_ttl_s)
+            tls_key=tls_key, log=self.get_logger().debug, session_ttl_s=session_ttl_s,
+            on_session=self._audit)
+        self._audit_log = None
+        self._audit_tried = -1e9
         self.server: LiveServer | None = None
         self.port = port
         self.base_url = f'{"https" if tls_cert else "http"}://{bind}:{port}/'
@@ -260,6 +272,29 @@ class LiveViewNode(Node):
             self.diag.set(ERROR, f'cannot mux the camera stream: {s.last_error}', **values)
         else:
             self.diag.set(OK, f'serving {s.viewers} viewer(s)', **values)
+
+    # -- audit: who watched, when, with which credential ----------------------------------
+    def _audit(self, action: str, **details: object) -> None:
+        """Append a live view session event to the unit's signed audit log (HTTP thread).
+
+        The device key may appear only after this node starts (the recorder creates it on a
+        first run), so opening it is retried, at most every 10 s."""
+        log = self._audit_log
+        if log is None:
+            if not self._key_dir or time.monotonic() - self._audit_tried < 10.0:
+                return
+            self._audit_tried = time.monotonic()
+            from bodycam_ros.core import keys
+            from bodycam_ros.core.audit import AuditLog, audit_path
+            try:
+                signer = keys.open_signer(Path(self._key_dir))
+            except (keys.KeyStoreError, OSError) as exc:
+                self.get_logger().warning(f'live view sessions not audited yet: {exc}',
+                                          throttle_duration_sec=60.0)
+                return
+            device = self._device_id or socket.gethostname()
+            log = self._audit_log = AuditLog(audit_path(self._evidence_dir), signer, device)
+        log.append(action, self.get_clock().now().nanoseconds * 1e-9, **details)
 
     def close(self) -> None:
         if self.server is not None:

@@ -7,12 +7,15 @@ log lines never include a query string or a header.
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import re
 import socket
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
@@ -32,6 +35,8 @@ STATIC = {'/': ('index.html', 'text/html; charset=utf-8'),
           '/app.js': ('app.js', 'text/javascript; charset=utf-8'),
           '/style.css': ('style.css', 'text/css; charset=utf-8')}
 SNDBUF_BYTES = 256 * 1024
+#: A refused client is audited at most once per this many seconds.
+DENIED_AUDIT_S = 60.0
 _SECRET_RE = re.compile(r'((?:token|sig|access_token)=)[^&\s\'"]*', re.I)
 
 
@@ -69,6 +74,8 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 30.0   # a client that stops reading for this long is cut off
     server: _Server
 
+    credential: dict[str, str] | None = None   # set by _authorized
+
     def setup(self) -> None:
         if isinstance(self.request, ssl.SSLSocket):
             self.request.settimeout(self.timeout)
@@ -86,14 +93,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ auth
     def _authorized(self, url_path: str, query: dict[str, list[str]]) -> tuple[bool, bool]:
-        """(authorized, via_query): a query credential earns a cookie and a clean redirect."""
+        """(authorized, via_query): a query credential earns a cookie and a clean redirect.
+
+        Sets :attr:`credential` to which credential it was (kind and a SHA-256 fingerprint,
+        never the secret) for the audit log."""
         auth: TokenAuth = self.server.app.auth
         header = self.headers.get('Authorization', '')
         if header[:7].lower() == 'bearer ' and auth.check_token(header[7:].strip()):
+            self.credential = _credential('bearer', header[7:].strip())
             return True, False
         if auth.check_token(_one(query, 'token')):
+            self.credential = _credential('token_query', _one(query, 'token') or '')
             return True, True
         if auth.check_signed(url_path, _one(query, 'exp'), _one(query, 'sig')):
+            self.credential = _credential('signed_url', _one(query, 'sig') or '')
             return True, True
         raw = self.headers.get('Cookie')
         if raw:
@@ -102,6 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
             except CookieError:
                 jar = SimpleCookie()
             if COOKIE in jar and auth.check_cookie(jar[COOKIE].value):
+                self.credential = _credential('session_cookie', jar[COOKIE].value)
                 return True, False
         return False, False
 
@@ -118,6 +132,8 @@ class _Handler(BaseHTTPRequestHandler):
         ok, via_query = self._authorized(url.path, query)
         if not ok:
             app.count('unauthorized')
+            app.session_event('live_view_denied', client=self.client_address[0],
+                              path=url.path[:200])
             return self._send(401, b'401 Unauthorized: a valid token is required\n',
                               'text/plain', {'WWW-Authenticate': 'Bearer realm="bodycam"'})
         if via_query and url.path in ('/', '/index.html'):
@@ -189,6 +205,8 @@ class _Handler(BaseHTTPRequestHandler):
             viewer = app.stream.subscribe(timeout_s=app.first_frame_timeout_s)
         except LiveError as exc:
             return self._send(503, f'{exc}\n'.encode(), 'text/plain', {'Retry-After': '2'})
+        session = app.session_start('mp4', self.client_address[0], self.credential)
+        sent = 0
         try:
             # Little kernel buffering: a viewer that stops reading shows up in its own
             # bounded queue within ~1 s instead of hiding seconds of video in the socket.
@@ -197,13 +215,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._chunk(viewer.init_segment)
             while not app.stopping.is_set():
                 frags = viewer.take(timeout_s=1.0)
-                self._chunk(b''.join(f.data for f in frags))
+                data = b''.join(f.data for f in frags)
+                self._chunk(data)
+                sent += len(data)
         except ViewerClosed:
             self._end_chunks()
         except OSError:
             pass   # the viewer went away; its thread simply ends
         finally:
             app.stream.unsubscribe(viewer)
+            app.session_stop(session, sent)
 
     def _events(self) -> None:
         app = self.server.app
@@ -223,18 +244,27 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.server.app
         boundary = 'bodycamframe'
         self._start_chunked(f'multipart/x-mixed-replace; boundary={boundary}')
-        seq = 0
+        seq = sent = 0
         app.jpeg.viewers += 1
+        session = app.session_start('mjpeg', self.client_address[0], self.credential)
         try:
             while not app.stopping.is_set():
                 seq, jpeg = app.jpeg.wait_newer(seq, timeout_s=1.0)
                 if jpeg is not None:
                     self._chunk(f'--{boundary}\r\nContent-Type: image/jpeg\r\nContent-Length: '
                                 f'{len(jpeg)}\r\n\r\n'.encode() + jpeg + b'\r\n')
+                    sent += len(jpeg)
         except OSError:
             pass
         finally:
             app.jpeg.viewers -= 1
+            app.session_stop(session, sent)
+
+
+def _credential(kind: str, value: str) -> dict[str, str]:
+    """Which credential opened a session: its kind and a fingerprint, never the secret."""
+    return {'credential': kind,
+            'credential_sha256': hashlib.sha256(value.encode('utf-8', 'replace')).hexdigest()[:16]}
 
 
 def _target_path(target: str) -> str:
@@ -262,7 +292,8 @@ class LiveServer:
                  bind: str = '127.0.0.1', port: int = 8080, tls_cert: str = '',
                  tls_key: str = '', jpeg: LatestJpeg | None = None,
                  log: Callable[[str], None] = lambda _line: None,
-                 session_ttl_s: float = 12 * 3600.0, first_frame_timeout_s: float = 5.0) -> None:
+                 session_ttl_s: float = 12 * 3600.0, first_frame_timeout_s: float = 5.0,
+                 on_session: Callable[..., None] | None = None) -> None:
         if bool(tls_cert) != bool(tls_key):
             raise LiveError('TLS needs both a certificate and a key file')
         self.stream, self.state, self.auth, self.web_dir = stream, state, auth, Path(web_dir)
@@ -271,6 +302,10 @@ class LiveServer:
         self.first_frame_timeout_s = first_frame_timeout_s
         self.stopping = threading.Event()
         self.counters: dict[str, int] = {}
+        #: ``on_session(action, **details)``: live_view_start/stop/denied for the audit log.
+        self._on_session = on_session
+        self._session_ids = itertools.count(1)
+        self._denied_at: dict[str, float] = {}
         self.tls = bool(tls_cert)
         try:
             self._httpd = _Server((bind, port), _Handler, self)
@@ -298,6 +333,39 @@ class LiveServer:
 
     def count(self, key: str) -> None:
         self.counters[key] = self.counters.get(key, 0) + 1
+
+    # ------------------------------------------------------------------ audit hooks
+    def session_event(self, action: str, **details: object) -> None:
+        """Report one session event; a failing hook never costs a viewer its reply.
+        Refusals are reported at most once a minute per client, so a scan cannot flood
+        the audit log."""
+        if self._on_session is None:
+            return
+        if action == 'live_view_denied':
+            client, now = str(details.get('client')), time.monotonic()
+            if now - self._denied_at.get(client, -1e9) < DENIED_AUDIT_S:
+                return
+            self._denied_at[client] = now
+        try:
+            self._on_session(action, **details)
+        except Exception as exc:  # noqa: BLE001 - reported, the stream goes on
+            self.count('audit_errors')
+            self.log(f'audit hook failed: {exc!r}')
+
+    def session_start(self, kind: str, client: str,
+                      credential: dict[str, str] | None) -> dict[str, object]:
+        session = {'session_id': f'{next(self._session_ids)}', 'stream': kind,
+                   'client': client, **(credential or {}), '_t0': time.monotonic()}
+        self.session_event('live_view_start',
+                           **{k: v for k, v in session.items() if not k.startswith('_')})
+        return session
+
+    def session_stop(self, session: dict[str, object], sent_bytes: int) -> None:
+        self.session_event('live_view_stop', session_id=session['session_id'],
+                           stream=session['stream'], client=session['client'],
+                           credential=session.get('credential', ''),
+                           duration_s=round(time.monotonic() - float(session['_t0']), 3),
+                           bytes=sent_bytes)
 
     def live_info(self) -> dict[str, object]:
         s = self.stream.stats()
