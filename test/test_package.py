@@ -32,7 +32,9 @@ def test_setup_declares_a_console_script_per_node():
 def test_launch_file_names_real_executables_and_config(launch_file: Path):
     """Statically (launch_ros has no wheel here): every executable and config file exists."""
     text = launch_file.read_text()
-    config = re.search(r"graph\('([^']+)'\)", text).group(1)
+    found = re.search(r"graph\('([^']+)'", text)
+    assert found, f'{launch_file.name} brings the unit up through launch_graph.graph(config)'
+    config = found.group(1)
     assert (ROOT / 'config' / config).is_file()
     for name in bringup.NODES:
         module = ROOT / 'src' / 'bodycam_ros' / 'nodes' / f'{name}_node.py'
