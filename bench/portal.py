@@ -6,7 +6,10 @@ the time from a new incident landing in the bucket until the portal lists it.
 Each search goes through the portal's own query code over HTTP (uvicorn on loopback, a logged
 -in session), p50/p95 over ``--runs``; the baseline is the bare SQL of the newest page
 (``SELECT ... ORDER BY sort_time DESC LIMIT 50``) on the same database, so the ratio shows
-what filters, counting and the HTTP/JSON layer cost. Floors: p95 <= 200 ms; indexed <= 5 s.
+what filters, counting and the HTTP/JSON layer cost. Deep paging is the ``after=`` cursor
+of the row before page 1000 (``page=`` stops at 10,000 rows; page 200 is its deepest); a
+``~`` before a total marks the portal's estimate (``total_is_estimate``). Floors: p95 <=
+200 ms; indexed <= 5 s. Seal to visible over the 10 Mbit/s uplink: ``bench.portal_visible``.
 """
 from __future__ import annotations
 
