@@ -476,9 +476,9 @@ class Portal:
         rows = self.db.query(
             f'SELECT {cols} FROM incidents i WHERE i.incident_id IN ('
             f'SELECT x.incident_id FROM {table} x{where} '
-            f'ORDER BY x.sort_time {order}, x.incident_id {order} LIMIT ? OFFSET ?)',
+            f'ORDER BY x.sort_time {order}, x.incident_id {order} LIMIT ? OFFSET ?) '
+            f'ORDER BY i.sort_time {order}, i.incident_id {order}',    # the database's collation
             [*params, per_page + 1, offset])
-        rows.sort(key=lambda r: (r[11], r[0]), reverse=(order == 'DESC'))
         more = len(rows) > per_page
         rows = rows[:per_page]
         if before:
