@@ -47,7 +47,7 @@ def samples(minutes: float):
 def fixes(minutes: float):
     from bodycam_ros.core.nmea import iter_fixes
     lines = (DATA / 'gps' / 'nmea' / 'bundg_zeus_9.log').read_text(errors='replace').splitlines()
-    one = [f for f in iter_fixes(lines)]
+    one = [f for f in iter_fixes(lines) if f.has_fix]
     return [one[i % len(one)] for i in range(int(minutes * 60))]
 
 
@@ -69,7 +69,7 @@ def write_bag(path: Path, imu, gps) -> Path:
                 f = gps[g]
                 fix.header.stamp.sec, fix.header.stamp.nanosec = divmod(T0_NS + g * 10**9, 10**9)
                 fix.status.status = NavSatStatus.STATUS_FIX
-                fix.latitude, fix.longitude = f.latitude, f.longitude
+                fix.latitude, fix.longitude, fix.altitude = f.lat, f.lon, f.alt
                 fix.position_covariance_type = NavSatFix.COVARIANCE_TYPE_APPROXIMATED
                 fix.position_covariance = [9.0, 0.0, 0.0, 0.0, 9.0, 0.0, 0.0, 0.0, 25.0]
                 w.write(cg, T0_NS + g * 10**9, serialize_message(fix))
@@ -86,7 +86,8 @@ def baseline(imu) -> tuple[float, dict[str, int]]:
     """The three IMU detectors over the samples, as bodycam eval runs each: seconds, counts."""
     from bodycam_ros.commands.eval import make_detector
     from bodycam_ros.core.detectors import DownEventKind
-    dets = {n: make_detector(n, DOWN_HOLD_S) for n in ('officer_down', 'foot_pursuit', 'fight')}
+    dets = {n: make_detector(n, DOWN_HOLD_S)
+            for n in ('officer_down', 'foot_pursuit', 'fight')}
     counts = dict.fromkeys(dets, 0)
     t0 = time.perf_counter()
     for t, a, w in imu:
@@ -109,7 +110,8 @@ def replay(bag: Path, rate: float, work: Path) -> tuple[float, int, str]:
     from bodycam_ros.rosutil import RELIABLE_QOS
     env = {**os.environ, 'PYTHONPATH': str(ROOT / 'src')}
     files = [ROOT / 'config' / 'sim.yaml', bringup.write_overrides(
-        work / 'tf.yaml', {'use_sim_time': True, 'down_hold_s': DOWN_HOLD_S}, ['trigger_fusion'])]
+        work / 'tf.yaml', {'use_sim_time': True, 'down_hold_s': DOWN_HOLD_S},
+        ['trigger_fusion'])]
     log = open(work / f'trigger_fusion-{rate:g}.log', 'wb')
     tf = subprocess.Popen(bringup.node_argv('trigger_fusion', files), env=env, stdout=log,
                           stderr=subprocess.STDOUT)
