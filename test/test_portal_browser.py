@@ -181,7 +181,8 @@ ERRORS = "const e = document.getElementById('error'); return e ? e.textContent :
 
 def log_in(driver, url: str, user: str, password: str) -> None:
     driver.get(url + '/')
-    wait(driver, "return location.pathname === '/login'", 20, 'sent to the login page')
+    wait(driver, "return location.pathname === '/login' && document.readyState === 'complete' "
+         "&& document.getElementById('user')", 20, 'sent to the login page')
     driver.find_element('id', 'user').send_keys(user)
     driver.find_element('id', 'password').send_keys(password)
     driver.find_element('id', 'submit').click()
