@@ -38,6 +38,9 @@ bench: install
 	$(VENV)/bin/python -m bench.live_relay
 	$(VENV)/bin/python -m bench.encryption
 	$(VENV)/bin/python -m bench.budget
+	$(VENV)/bin/python -m bench.portal
+	$(VENV)/bin/python -m bench.portal_visible
+	$(VENV)/bin/python -m bench.replay
 
 # Not part of `make bench`: ~10 min of compressed shift (SOAK_ARGS="--minutes 60 --seed 2").
 soak: install
