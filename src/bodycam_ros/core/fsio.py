@@ -67,3 +67,16 @@ def append_durable(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of every regular file under ``path`` (what an evidence quota counts); a file
+    that vanishes or cannot be read while walking (a prune, a seal) is skipped."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bodycam_ros.core import evidence as ev
-from bodycam_ros.core.fsio import fsync_dir, write_atomic
+from bodycam_ros.core.fsio import dir_size, fsync_dir, write_atomic
 from bodycam_ros.core.spool.layout import DIR_MODE, QUARANTINE_REASON, EvidenceLayout, SpoolError
 
 
@@ -29,15 +29,6 @@ class SealedIncident:
     size: int
 
 
-def dir_size(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except FileNotFoundError:
-                continue
-    return total
 
 
 class EvidenceStore:

@@ -27,24 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from bodycam_ros.core import evidence as ev
+from bodycam_ros.core.fsio import dir_size
 from bodycam_ros.core.upload.backends import Backend, key_join
 from bodycam_ros.core.upload.errors import LocalError, UploadError
 from bodycam_ros.core.upload.multipart import digest_file, verify_remote
 from bodycam_ros.core.upload.queue import (MANIFEST, RECORD, SIGNATURE, Incident, SpoolError,
                                            atomic_write_json, read_incident, read_record)
 from bodycam_ros.core.upload.trail import Trail
-
-
-def dir_size(path: Path) -> int:
-    """Bytes of every regular file under ``path`` (what a quota counts)."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue
-    return total
 
 
 @dataclass(frozen=True)
