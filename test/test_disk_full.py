@@ -12,7 +12,6 @@ import pytest
 from bodycam_ros.core import evidence as ev
 from bodycam_ros.core.ring import LookbackRing
 from bodycam_ros.core.spool import Command, EvidenceStore, Recorder, RecorderConfig
-from spoolutil import make_incident
 from test_evidence import _can_mount_tmpfs, wait_for
 from test_mp4 import encode_clip
 from test_upload_prune import file_uploader, pruned, sealed

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import threading
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from bodycam_ros.core.dispatch import (Assignment, DispatchError, EventPolicy, PeerAlert,
                                        PeerAlerts, parse_assignment)
-from bodycam_ros.core.outbox import (Backoff, Courier, DeliveryError, Outbox, OutboxError,
+from bodycam_ros.core.outbox import (Backoff, Courier, Outbox, OutboxError,
                                      WebhookTransport)
 from webhook_receiver import Receiver, make_ca
 

@@ -17,7 +17,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
