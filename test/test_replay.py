@@ -109,12 +109,16 @@ def _legacy_copy(tmp_path: Path, extra: list[tuple[str, str, bytes]]) -> Path:
     """The 2019 sample.db3 plus topics of types this machine lacks (same old schema)."""
     path = tmp_path / 'legacy.db3'
     path.write_bytes(shared_data(*LEGACY).read_bytes())
-    with sqlite3.connect(path) as db:
-        for name, msgtype, data in extra:
-            cur = db.execute('INSERT INTO topics(name, type, serialization_format) '
-                             'VALUES (?, ?, ?)', (name, msgtype, 'cdr'))
-            db.execute('INSERT INTO messages(topic_id, timestamp, data) VALUES (?, ?, ?)',
-                       (cur.lastrowid, 1553411909073353785, data))
+    db = sqlite3.connect(path)
+    try:
+        with db:      # commits; only close() checkpoints a WAL that a read-only reader needs
+            for name, msgtype, data in extra:
+                cur = db.execute('INSERT INTO topics(name, type, serialization_format) '
+                                 'VALUES (?, ?, ?)', (name, msgtype, 'cdr'))
+                db.execute('INSERT INTO messages(topic_id, timestamp, data) VALUES (?, ?, ?)',
+                           (cur.lastrowid, 1553411909073353785, data))
+    finally:
+        db.close()
     return path
 
 
