@@ -12,6 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from bodycam_ros.commands import add_s3_arguments
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--bucket', default='file://var/bucket',
@@ -29,13 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='bucket poll interval in seconds (default 1)')
     p.add_argument('--tls-cert', type=Path, default=None, help='TLS certificate (PEM)')
     p.add_argument('--tls-key', type=Path, default=None, help='TLS private key (PEM)')
-    p.add_argument('--endpoint-url', default='', help='S3-compatible endpoint')
-    p.add_argument('--region', default='', help='S3 region')
-    p.add_argument('--profile', default='', help='AWS profile')
-    p.add_argument('--credentials-file', type=Path, default=None, metavar='FILE',
-                   help='AWS credentials file, mode 0600')
-    p.add_argument('--allow-insecure-http', action='store_true',
-                   help='accept a plain http:// --endpoint-url or --dispatch-webhook (tests '
+    add_s3_arguments(p, 'accept a plain http:// --endpoint-url or --dispatch-webhook (tests '
                         'and loopback only)')
     p.add_argument('--dispatch-webhook', default='', metavar='URL',
                    help='HTTPS endpoint that receives fleet alerts (officer down, weapon drawn, '

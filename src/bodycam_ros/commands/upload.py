@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from bodycam_ros.commands import add_s3_arguments
+
 MiB = 1024 * 1024
 
 
@@ -24,14 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help='evidence directory holding spool/ (default var/evidence)')
     p.add_argument('--once', action='store_true',
                    help='drain what is sealed now and exit (default: keep watching)')
-    p.add_argument('--endpoint-url', default='',
-                   help='S3-compatible endpoint (MinIO, Ceph), e.g. http://127.0.0.1:9000')
-    p.add_argument('--region', default='', help='S3 region (default from the AWS chain)')
-    p.add_argument('--profile', default='', help='AWS profile from ~/.aws')
-    p.add_argument('--credentials-file', type=Path, default=None, metavar='FILE',
-                   help='AWS credentials file, mode 0600 (default: the AWS credential chain)')
-    p.add_argument('--allow-insecure-http', action='store_true',
-                   help='accept a plain http:// --endpoint-url (tests and loopback only)')
+    add_s3_arguments(p)
     p.add_argument('--sse', default='AES256', choices=('AES256', 'aws:kms', 'none'),
                    help='server-side encryption asked for every object (default AES256)')
     p.add_argument('--kms-key-id', default='', help='KMS key for --sse aws:kms')

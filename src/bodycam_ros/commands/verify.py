@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bodycam_ros.commands import add_s3_arguments
+
 PROXY_NAME = 'proxy.mp4'       # the uploader's low-resolution copy: derived, never evidence
 
 
@@ -44,14 +46,7 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--witness', action='append', default=[], metavar='[DEVICE=]SEQ:SHA256',
                    help='a ledger head recorded outside the unit (portal, Object-Lock copy) '
                         'the ledger must still hold; repeat per device')
-    p.add_argument('--endpoint-url', default='',
-                   help='S3-compatible endpoint for s3:// (MinIO, Ceph, a test server)')
-    p.add_argument('--region', default='', help='S3 region (default from the AWS chain)')
-    p.add_argument('--profile', default='', help='AWS profile from ~/.aws')
-    p.add_argument('--credentials-file', type=Path, default=None, metavar='FILE',
-                   help='AWS credentials file, mode 0600 (default: the AWS credential chain)')
-    p.add_argument('--allow-insecure-http', action='store_true',
-                   help='accept a plain http:// --endpoint-url (tests and loopback only)')
+    add_s3_arguments(p)
     p.add_argument('--key-dir', type=Path, default=None, metavar='DIR',
                    help="the unit's key dir: log this run in the unit's audit log (only for a "
                         "unit's own evidence directory)")
