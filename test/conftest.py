@@ -6,6 +6,7 @@ network), a ROS_DOMAIN_ID of this run's own, a temporary ROS_HOME for logs.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,3 +124,47 @@ def start_process(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     yield start
     for p in procs:
         p.stop()
+
+
+# ---------------------------------------------------------------- ros2 launch
+
+KIT = ROOT.parent / 'shared' / 'tools' / 'ros2-launch-kit.sh'
+KIT_PREFIX = Path(sys.prefix) / 'ros2-kit'
+
+
+@pytest.fixture(scope='session')
+def ros2(tmp_path_factory):
+    """Run a command with the launch kit and a fresh colcon install of this package sourced.
+
+    ROS 2 Jazzy's launch, launch_ros and ros2cli have no wheels: KIT installs their vendored
+    sources into this virtualenv (idempotent, 1-3 min the first time). One build per session:
+    test_launch and test_composed share it."""
+    if not KIT.is_file():
+        pytest.skip(f'no {KIT} (../shared is absent)')
+    kit = subprocess.run(['bash', str(KIT), sys.prefix], capture_output=True, text=True,
+                         timeout=900)
+    assert kit.returncode == 0, kit.stdout + kit.stderr
+    work = tmp_path_factory.mktemp('launch')
+    env = {**os.environ, 'AMENT_PREFIX_PATH': sys.prefix,
+           'PATH': f'{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}'}
+    build = subprocess.run(
+        [shutil.which('colcon', path=env['PATH']), '--log-base', str(work / 'log'), 'build',
+         '--base-paths', str(ROOT), '--build-base', str(work / 'build'),
+         '--install-base', str(work / 'install')],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stdout + build.stderr
+    setup = (f'source {KIT_PREFIX}/setup.bash && source {work}/install/local_setup.bash '
+             '&& exec "$@"')
+    # The nodes must run the colcon-installed package, not src/ (conftest's PYTHONPATH).
+    clean = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    clean['PYTHONUNBUFFERED'] = '1'
+
+    def argv(*cmd: str) -> list[str]:
+        return ['bash', '-c', setup, 'ros2-env', *cmd]
+
+    def run(*cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(argv(*cmd), capture_output=True, text=True, timeout=timeout,
+                              env=clean, stdin=subprocess.DEVNULL)
+
+    run.argv, run.env = argv, clean
+    return run

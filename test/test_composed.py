@@ -116,17 +116,11 @@ def test_kill_9_of_the_recorder_group_while_recording_loses_no_evidence(start_pr
 
 
 @pytest.mark.slow
-def test_ros2_launch_composed_all_runs_every_node_in_one_process(tmp_path: Path):
+def test_ros2_launch_composed_all_runs_every_node_in_one_process(ros2, tmp_path: Path):
     """The `composed` launch argument: `ros2 launch ... composed:=all` starts one
     composed_node process holding every node, each under its own name and params section,
     and Ctrl-C stops it with exit 0."""
-    test_launch = pytest.importorskip('test_launch')
-    if not test_launch.KIT.is_file():
-        pytest.skip(f'no {test_launch.KIT}')
-    ros2 = test_launch.ros2.__wrapped__(_TmpFactory(tmp_path)) \
-        if hasattr(test_launch.ros2, '__wrapped__') else None
-    if ros2 is None:
-        pytest.skip('the ros2 fixture of test_launch cannot be reused here')
+    import test_launch
     params = test_launch._params(tmp_path)
     log = open(tmp_path / 'launch.log', 'w')
     launch = subprocess.Popen(ros2.argv('ros2', 'launch', 'bodycam_ros', 'sim.launch.py',
@@ -150,13 +144,3 @@ def test_ros2_launch_composed_all_runs_every_node_in_one_process(tmp_path: Path)
         log.close()
     text = (tmp_path / 'launch.log').read_text()
     assert code == 0 and 'process has finished cleanly' in text, text[-3000:]
-
-
-class _TmpFactory:
-    def __init__(self, base: Path) -> None:
-        self._base = base
-
-    def mktemp(self, name: str) -> Path:
-        path = self._base / name
-        path.mkdir()
-        return path

@@ -70,6 +70,11 @@ def test_fleet_page_lists_plays_alerts_acks_and_dispatches(fleet):
 
     # -- the unit is listed online, with its position on the track view ------------------
     page.unit_online(DEVICE)
+    # The recorder's state follows once the recorder is up (a loaded CI machine showed the
+    # row for a few seconds with the link up and the recorder still starting: UNKNOWN).
+    page.wait('const r = document.querySelector(`#units tr[data-device="${arguments[0]}"]`);'
+              'return r && r.textContent.includes("IDLE")', 60, f'{DEVICE} recorder IDLE',
+              DEVICE)
     row = page.driver.find_element('css selector', f'#units tr[data-device="{DEVICE}"]')
     assert 'online' in row.text and OFFICER in row.text and 'IDLE' in row.text, row.text
     assert 'GB free' in row.text or 'MB free' in row.text, row.text

@@ -26,8 +26,7 @@ from bodycam_ros import bringup
 from bodycam_ros.commands.run import embedded_trust
 from conftest import ROOT
 
-KIT = ROOT.parent / 'shared' / 'tools' / 'ros2-launch-kit.sh'
-PREFIX = Path(sys.prefix) / 'ros2-kit'
+from conftest import KIT
 #: What ``ros2 node list`` shows once the whole unit is up.
 NODE_NAMES = {f'/{n}' for n in bringup.NODES}
 
@@ -41,37 +40,6 @@ def _wait(pred, timeout_s: float, step_s: float = 0.5):
         if value or time.monotonic() > end:
             return value
         time.sleep(step_s)
-
-
-@pytest.fixture(scope='module')
-def ros2(tmp_path_factory):
-    """Run a command with the launch kit and a fresh colcon install of this package sourced."""
-    kit = subprocess.run(['bash', str(KIT), sys.prefix], capture_output=True, text=True,
-                         timeout=900)
-    assert kit.returncode == 0, kit.stdout + kit.stderr
-    work = tmp_path_factory.mktemp('launch')
-    env = {**os.environ, 'AMENT_PREFIX_PATH': sys.prefix,
-           'PATH': f'{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}'}
-    build = subprocess.run(
-        [shutil.which('colcon', path=env['PATH']), '--log-base', str(work / 'log'), 'build',
-         '--base-paths', str(ROOT), '--build-base', str(work / 'build'),
-         '--install-base', str(work / 'install')],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300)
-    assert build.returncode == 0, build.stdout + build.stderr
-    setup = f'source {PREFIX}/setup.bash && source {work}/install/local_setup.bash && exec "$@"'
-    # The nodes must run the colcon-installed package, not src/ (conftest's PYTHONPATH).
-    clean = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    clean['PYTHONUNBUFFERED'] = '1'
-
-    def argv(*cmd: str) -> list[str]:
-        return ['bash', '-c', setup, 'ros2-env', *cmd]
-
-    def run(*cmd: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(argv(*cmd), capture_output=True, text=True, timeout=timeout,
-                              env=clean, stdin=subprocess.DEVNULL)
-
-    run.argv, run.env = argv, clean
-    return run
 
 
 def _params(tmp_path: Path) -> Path:
