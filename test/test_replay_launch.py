@@ -21,7 +21,7 @@ from std_msgs.msg import Bool
 from bodycam_ros.core.replay import bag_sha256
 from bodycam_ros.rosutil import LATCHED_QOS, RELIABLE_QOS
 from conftest import spin_until
-from test_launch import KIT, _params, ros2  # noqa: F401  (the module fixture)
+from test_launch import KIT, _params  # noqa: F401  (conftest holds the ros2 fixture)
 
 pytestmark = pytest.mark.skipif(not KIT.is_file(), reason=f'no {KIT} (../shared is absent)')
 #: Bag time: 2001-09-09, far from this machine's clock, so a wall stamp cannot pass for it.
