@@ -8,6 +8,7 @@ import socket
 import ssl
 import stat
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -87,6 +88,42 @@ def test_late_joiner_starts_at_a_keyframe_and_ffprobe_accepts_it(tmp_path: Path)
     assert (s['codec_name'], s['width'], s['height']) == ('h264', 320, 240)
     assert int(s['nb_read_frames']) == len(got) == 19
     assert [decode_frame_counter(f) for f in decode_all(clip.read_bytes())] == list(range(20, 39))
+
+
+def test_unwatched_stream_muxes_nothing_and_a_first_viewer_starts_at_once() -> None:
+    """Issue 14: a live view nobody watches holds the current GOP instead of muxing; the
+    first viewer gets its init segment without waiting for a keyframe, and muxing stops
+    when the last viewer leaves. Bad input is still counted while unwatched."""
+    frames = encode_pattern(40)
+    stream = LiveStream()
+    for data, stamp, _, _ in frames[:13]:
+        stream.push(data, stamp)
+    stream.push(b'\x12\x34not h264', frames[12][1])
+    st = stream.stats()
+    assert not stream.muxing and (st.frames_in, st.fragments_out, st.bad_frames) == (14, 0, 1)
+    assert 'Annex B' in st.last_error
+    t0 = time.monotonic()
+    viewer = stream.subscribe(timeout_s=0.0)          # no wait: the held GOP opens the muxer
+    assert time.monotonic() - t0 < 0.5 and stream.muxing
+    for data, stamp, _, _ in frames[13:32]:
+        stream.push(data, stamp)
+    got = viewer.take(0.1)
+    assert got[0].keyframe and got[0].stamp == frames[20][1]
+    decoded = decode_all(viewer.init_segment + b''.join(f.data for f in got))
+    assert [decode_frame_counter(f) for f in decoded] == list(range(20, 31))
+    stream.unsubscribe(viewer)
+    stream.push(frames[32][0], frames[32][1])
+    assert not stream.muxing
+    again = stream.subscribe(timeout_s=0.0)           # held GOP from frame 30 on
+    assert again.init_segment == viewer.init_segment and again.generation == 0
+
+
+def test_live_view_node_does_not_load_pyav_until_someone_watches() -> None:
+    code = ('import sys; import bodycam_ros.nodes.live_view_node; '
+            'print(sorted(m for m in ("av", "cv2") if m in sys.modules))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.strip() == '[]', out
 
 
 def test_muxer_skips_until_keyframe_and_rejects_garbage() -> None:

@@ -58,20 +58,27 @@ class Probe(Node):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('composed', [False, True], ids=['split', 'composed'])
 def test_patrol_fires_every_trigger_in_order_then_the_alert(ctx, executor, start_process,
-                                                            tmp_path):
+                                                            tmp_path, composed):
+    """Split: a process per node. Composed (issue 14): the five nodes in one process and
+    one executor, as ``bodycam run --composed sensors+fusion`` groups them; the GIL is
+    shared, and the same windows must hold."""
     start = time.time() - SKIP_S
     probe = Probe(ctx, start)        # listening before the graph starts, like the recorder
     executor.add_node(probe)
-    overrides = {'scenario': 'patrol', 'scenario_start': start}
+    common = {'scenario': 'patrol', 'scenario_start': start}
+    fusion = dict(down_hold_s=DOWN_HOLD_S, dismiss_s=DISMISS_S, officer_id='officer-17')
     procs = {}
-    for name in NODES:
-        extra = dict(overrides)
-        if name == 'trigger_fusion':
-            extra.update(down_hold_s=DOWN_HOLD_S, dismiss_s=DISMISS_S, officer_id='officer-17')
-        files = [ROOT / 'config' / 'sim.yaml',
-                 bringup.write_overrides(tmp_path / f'{name}.yaml', extra, [name])]
-        argv = bringup.node_argv(name, files)
+    groups = [NODES] if composed else [(name,) for name in NODES]
+    for group in groups:
+        name = '+'.join(group)
+        files = [ROOT / 'config' / 'sim.yaml', bringup.write_overrides(
+            tmp_path / f'{name}.yaml', common, group)]
+        if 'trigger_fusion' in group:
+            files.append(bringup.write_overrides(tmp_path / f'{name}-fusion.yaml', fusion,
+                                                 ['trigger_fusion']))
+        argv = bringup.group_argv(group, files)
         procs[name] = start_process(argv[2], *argv[3:])
 
     patrol = scenario.PATROL

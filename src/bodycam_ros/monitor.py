@@ -13,7 +13,6 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
-from sensor_msgs.msg import NavSatFix
 from std_msgs.msg import Bool
 
 from bodycam_ros.core.messages import (Level, MessageError, decode_alert, decode_recorder,
@@ -74,7 +73,6 @@ class Monitor(Node):
         self.triggers: dict[str, Level] = {}
         self.recorder: DiagnosticStatus | None = None
         self.uploader: dict[str, str] = {}
-        self.last_fix: NavSatFix | None = None
         self._events: list[str] = []
         self._last_bad = ''
         self.create_subscription(Bool, 'holster/weapon_drawn', self._on_holster, LATCHED_QOS)
@@ -83,7 +81,6 @@ class Monitor(Node):
         self.create_subscription(DiagnosticStatus, 'bodycam/alerts', self._on_alert, LATCHED_QOS)
         self.create_subscription(DiagnosticStatus, 'recorder/status', self._on_recorder,
                                  SENSOR_QOS)
-        self.create_subscription(NavSatFix, 'gps/fix', self._on_fix, SENSOR_QOS)
         self.create_subscription(DiagnosticStatus, 'uploader/status', self._on_uploader,
                                  LATCHED_QOS)
 
@@ -158,9 +155,6 @@ class Monitor(Node):
         if values.get('last_error') and values['last_error'] != self.uploader.get('last_error'):
             self._events.append(f'uploader: {values["last_error"]}')
         self.uploader = values
-
-    def _on_fix(self, msg: NavSatFix) -> None:
-        self.last_fix = msg
 
     def take_events(self) -> list[str]:
         events, self._events = self._events, []

@@ -5,6 +5,8 @@ the init segment (``ftyp`` + ``moov``, avcC taken from the first keyframe's SPS/
 ``frag_every_frame``, one ``moof`` + ``mdat`` per frame so a browser can show a frame as soon
 as it arrives. The muxer writes a frame's fragment when the next frame comes in (it needs the
 duration), so live view lags the camera by one frame period on top of transport.
+
+PyAV loads with the first muxer: a live view nobody watches never imports it.
 """
 from __future__ import annotations
 
@@ -12,14 +14,15 @@ import io
 import math
 import struct
 from fractions import Fraction
-from typing import NamedTuple
-
-import av
+from typing import TYPE_CHECKING, NamedTuple
 
 from bodycam_ros.core.h264 import NAL_IDR, NAL_SPS, EncoderError, iter_nal_units
 
-__all__ = ['Fragment', 'FragmentMuxer', 'LiveError', 'SpsChanged', 'codec_string',
-           'split_boxes']
+if TYPE_CHECKING:
+    import av
+
+__all__ = ['AccessUnit', 'Fragment', 'FragmentMuxer', 'LiveError', 'SpsChanged',
+           'check_stamp', 'codec_string', 'inspect_access_unit', 'split_boxes']
 
 #: MP4 media time base: 90 kHz, as RTP and MPEG-TS use for video.
 TIME_BASE = Fraction(1, 90_000)
@@ -70,6 +73,35 @@ def codec_string(sps: bytes) -> str:
     return f'avc1.{sps[1]:02x}{sps[2]:02x}{sps[3]:02x}'
 
 
+class AccessUnit(NamedTuple):
+    """What the muxer needs to know of one access unit before muxing it."""
+    keyframe: bool
+    sps: bytes | None      # the keyframe's SPS NAL unit (header byte first), if it has one
+
+
+def inspect_access_unit(annexb: bytes) -> AccessUnit:
+    """Parse one Annex B access unit far enough to mux it.
+
+    Raises:
+        LiveError: not Annex B, or no NAL unit in it.
+    """
+    try:
+        nals = list(iter_nal_units(annexb))
+    except EncoderError as exc:
+        raise LiveError(str(exc)) from exc
+    if not nals:
+        raise LiveError(f'no NAL unit in an access unit of {len(annexb)} bytes')
+    key = any(n.type == NAL_IDR for n in nals)
+    sps = next((n.data for n in nals if n.type == NAL_SPS), None) if key else None
+    return AccessUnit(key, sps)
+
+
+def check_stamp(stamp: float, t0: float | None) -> None:
+    """Raise :class:`LiveError` for a capture stamp the 90 kHz timeline cannot hold."""
+    if not math.isfinite(stamp) or (t0 is not None and abs(stamp - t0) > MAX_STAMP_SPAN_S):
+        raise LiveError(f'capture stamp {stamp!r} is not usable (stream began at {t0!r})')
+
+
 class _Sink(io.RawIOBase):
     """Where the muxer writes: bytes collect until complete boxes can be split off."""
 
@@ -117,18 +149,8 @@ class FragmentMuxer:
         Raises:
             LiveError: the bytes are not Annex B H.264, the SPS changed, or FFmpeg refused.
         """
-        if not math.isfinite(stamp) or (self._t0 is not None
-                                         and abs(stamp - self._t0) > MAX_STAMP_SPAN_S):
-            raise LiveError(f'capture stamp {stamp!r} is not usable (stream began at '
-                            f'{self._t0!r})')
-        try:
-            nals = list(iter_nal_units(annexb))
-        except EncoderError as exc:
-            raise LiveError(str(exc)) from exc
-        if not nals:
-            raise LiveError(f'no NAL unit in an access unit of {len(annexb)} bytes')
-        key = any(n.type == NAL_IDR for n in nals)
-        sps = next((n.data for n in nals if n.type == NAL_SPS), None) if key else None
+        check_stamp(stamp, self._t0)
+        key, sps = inspect_access_unit(annexb)
         if self._out is None:
             if not key or sps is None:
                 self.skipped += 1
@@ -140,6 +162,7 @@ class FragmentMuxer:
         pts = round((stamp - self._t0) / TIME_BASE) if self._t0 is not None else 0
         pts = max(pts, self._last_pts + 1)   # stamps must rise strictly; a clock step is clamped
         self._last_pts = pts
+        import av
         pkt = av.Packet(annexb)
         pkt.pts = pkt.dts = pts
         pkt.time_base = TIME_BASE
@@ -157,6 +180,7 @@ class FragmentMuxer:
         # Codec parameters (size, profile, avcC) from the keyframe's own SPS/PPS, parsed by
         # FFmpeg's raw H.264 demuxer: a template stream, so no encoder is ever opened.
         codec = codec_string(sps)   # first: a bad SPS must not leave a half-open muxer
+        import av
         try:
             probe = av.open(io.BytesIO(keyframe), format='h264', mode='r')
         except (av.FFmpegError, ValueError) as exc:
@@ -205,6 +229,7 @@ class FragmentMuxer:
         """Release FFmpeg's muxer; the last frame's fragment is not emitted."""
         out, self._out = self._out, None
         if out is not None:
+            import av
             try:
                 out.close()
             except (av.FFmpegError, ValueError, OSError):
