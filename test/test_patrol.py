@@ -9,17 +9,23 @@ real-data floors (test_eval.py): the IMU synthesis was tuned, not the detectors.
 """
 from __future__ import annotations
 
+import os
+import threading
 import time
+from pathlib import Path
 
 import pytest
+import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 
 from bodycam_ros import bringup
 from bodycam_ros.core import scenario
 from bodycam_ros.core.geodesy import distance_m
 from bodycam_ros.rosutil import LATCHED_QOS, RELIABLE_QOS
-from conftest import ROOT, spin_until
+from conftest import ROOT
 
 SKIP_S = 85.0          # scenario time when the graph starts: out of the car; the first fix
                       # (inside the mile) must come before the run at 100 s, node start-up
@@ -57,21 +63,14 @@ class Probe(Node):
         self.alerts.append((self._t(), {kv.key: kv.value for kv in msg.values}))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize('composed', [False, True], ids=['split', 'composed'])
-def test_patrol_fires_every_trigger_in_order_then_the_alert(ctx, executor, start_process,
-                                                            tmp_path, composed):
-    """Split: a process per node. Composed (issue 14): the five nodes in one process and
-    one executor, as ``bodycam run --composed sensors+fusion`` groups them; the GIL is
-    shared, and the same windows must hold."""
-    start = time.time() - SKIP_S
-    probe = Probe(ctx, start)        # listening before the graph starts, like the recorder
-    executor.add_node(probe)
+def _start_graph(start_process, tmp_path: Path, start: float, composed: bool,
+                 env: dict[str, str]) -> dict:
+    """The five nodes from config/sim.yaml plus the patrol overrides: a process per node
+    (split), or one process and one executor for all five (composed, issue 14)."""
     common = {'scenario': 'patrol', 'scenario_start': start}
     fusion = dict(down_hold_s=DOWN_HOLD_S, dismiss_s=DISMISS_S, officer_id='officer-17')
     procs = {}
-    groups = [NODES] if composed else [(name,) for name in NODES]
-    for group in groups:
+    for group in [NODES] if composed else [(name,) for name in NODES]:
         name = '+'.join(group)
         files = [ROOT / 'config' / 'sim.yaml', bringup.write_overrides(
             tmp_path / f'{name}.yaml', common, group)]
@@ -79,20 +78,60 @@ def test_patrol_fires_every_trigger_in_order_then_the_alert(ctx, executor, start
             files.append(bringup.write_overrides(tmp_path / f'{name}-fusion.yaml', fusion,
                                                  ['trigger_fusion']))
         argv = bringup.group_argv(group, files)
-        procs[name] = start_process(argv[2], *argv[3:])
+        procs[name] = start_process(argv[2], *argv[3:], env=env)
+    return procs
 
+
+@pytest.mark.slow
+def test_patrol_fires_every_trigger_in_order_then_the_alert(start_process, tmp_path):
+    """The split graph (a process per node) and the composed one (issue 14: the five nodes
+    in one process, sharing the GIL) play the same patrol at the same time, each in a DDS
+    domain of its own; the same windows must hold for both."""
+    start = time.time() - SKIP_S
+    domain = int(os.environ['ROS_DOMAIN_ID'])
+    runs = {}
+    try:
+        for mode, dom in (('split', domain), ('composed', (domain + 101) % 232)):
+            ctx = Context()
+            rclpy.init(context=ctx, domain_id=dom)
+            ex = SingleThreadedExecutor(context=ctx)
+            probe = Probe(ctx, start)    # listening before the graph starts, like the recorder
+            ex.add_node(probe)
+            threading.Thread(target=ex.spin, daemon=True).start()
+            (tmp_path / mode).mkdir()
+            procs = _start_graph(start_process, tmp_path / mode, start, mode == 'composed',
+                                 {'ROS_DOMAIN_ID': str(dom)})
+            runs[mode] = (ctx, ex, probe, procs)
+
+        patrol = scenario.PATROL
+        fall_t = next(s.start_s for s in patrol.segments
+                      if s.activity is scenario.Activity.FALLING)
+        alert_due = fall_t + 0.5 + DOWN_HOLD_S + DISMISS_S + 1.5
+        end = time.monotonic() + alert_due - SKIP_S + 20.0
+        while time.monotonic() < end and not all(
+                p.alerts and p.alerts[-1][1].get('state') == 'raised'
+                for _, _, p, _ in runs.values()):
+            time.sleep(0.2)
+        for mode, (_, _, probe, procs) in runs.items():
+            _check_patrol(mode, probe, procs, start)
+    finally:
+        for ctx, ex, probe, _ in runs.values():
+            ex.shutdown()
+            probe.destroy_node()
+            rclpy.try_shutdown(context=ctx)
+
+
+def _check_patrol(mode: str, probe: Probe, procs: dict, start: float) -> None:
+    """What a dispatcher's console must have seen of the patrol, in scenario seconds."""
     patrol = scenario.PATROL
     fall_t = next(s.start_s for s in patrol.segments if s.activity is scenario.Activity.FALLING)
-    alert_due = fall_t + 0.5 + DOWN_HOLD_S + DISMISS_S + 1.5
-    ok = spin_until(executor, lambda: probe.alerts and
-                    probe.alerts[-1][1].get('state') == 'raised',
-                    timeout_s=alert_due - SKIP_S + 20.0)
+    ok = probe.alerts and probe.alerts[-1][1].get('state') == 'raised'
     logs = {n: p.output()[-1500:] for n, p in procs.items() if p.proc.poll() is not None}
-    assert ok, f'no alert; triggers seen {probe.first_warn}; exited: {logs}'
+    assert ok, f'{mode}: no alert; triggers seen {probe.first_warn}; exited: {logs}'
 
     warn = {s: t for s, (t, _) in probe.first_warn.items()}
     order = ['dispatch_proximity', 'foot_pursuit', 'holster', 'fight', 'officer_down']
-    assert [s for s in sorted(warn, key=warn.get) if s in order] == order, warn
+    assert [s for s in sorted(warn, key=warn.get) if s in order] == order, (mode, warn)
     assert 'manual' not in warn
 
     # When each fired, in scenario seconds (what the README's demo shows, minus the drive).
@@ -128,4 +167,4 @@ def test_patrol_fires_every_trigger_in_order_then_the_alert(ctx, executor, start
     assert not [m for _, m in probe.commands if m.name == 'stop']
 
     for name, p in procs.items():
-        assert p.stop() == 0, f'{name} exited uncleanly:\n{p.output()[-2000:]}'
+        assert p.stop() == 0, f'{mode} {name} exited uncleanly:\n{p.output()[-2000:]}'

@@ -234,8 +234,8 @@ def test_bad_arguments_exit_2_naming_the_value(start_process, tmp_path):
 
 # ---------------------------------------------------------------- bodycam run --replay
 
-SKIP_S = 75.0            # the graph starts inside the mile, 10 s before the officer leaves
-                         # the car: 25 s of node start-up slack before the foot pursuit
+SKIP_S = 82.0            # the graph starts inside the mile, 3 s before the officer leaves
+                         # the car: 18 s of node start-up slack before the foot pursuit
 DOWN_HOLD_S = DISMISS_S = 3.0
 ORDER = ['dispatch_proximity', 'foot_pursuit', 'holster', 'fight', 'officer_down']
 
