@@ -12,9 +12,10 @@ GIL hand-offs between processes, not the serialisation.
 
 Each node keeps its own name, so the ``--params-file`` sections keyed by node name reach
 it exactly as in its own process. Never pass ``-r __node:=...`` to this process: it would
-rename every node in it. One SingleThreadedExecutor serves all nodes: no node's callbacks
-share state with another's, the camera encodes and the GPS reads in their own threads,
-and the multi-threaded executor costs more CPU per callback in rclpy than it saves here.
+rename every node in it. One executor thread serves all nodes (rclpy's EventsExecutor, see
+``rosutil.make_executor``): no node's callbacks share state with another's, the camera
+encodes and the GPS reads in their own threads, and the multi-threaded executor costs more
+CPU per callback in rclpy than it saves here.
 """
 from __future__ import annotations
 

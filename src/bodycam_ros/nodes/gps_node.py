@@ -3,10 +3,12 @@
 Publishes ``gps/fix`` (sensor_msgs/NavSatFix) and ``gps/vel`` (geometry_msgs/TwistStamped,
 ENU: linear.x east, linear.y north, linear.z up) with SENSOR_QOS. header.stamp is the node
 clock when the fix was received; the receiver's own UTC time of the fix is the diagnostics
-value ``gnss_time``. The source runs on a reader thread (serial and socket reads block);
-fixes are handed to the executor through a guard condition, so all publishing happens in
-executor callbacks. A missing serial port or an unreachable gpsd is an ERROR diagnostic and
-is retried every ``retry_s``; the node stays up.
+value ``gnss_time``. The source runs on a reader thread (serial and socket reads block),
+which publishes each fix as it arrives, as ROS 2's NMEA drivers do (no hand-off to the
+executor: rclpy's events executor has no guard conditions, and a fix waits for nothing);
+diagnostics are reported from there on a status change and once a second from a timer,
+under one lock. A missing serial port or an unreachable gpsd is an ERROR diagnostic and is
+retried every ``retry_s``; the node stays up.
 
 Time: ``header.stamp`` is the node clock (ROS time; sim time under ``use_sim_time``) at
 reception; ``gnss_time`` is the receiver's UTC. ``time.monotonic`` only times the receiver's
@@ -19,7 +21,6 @@ APPROXIMATED from HDOP × ``uere_m`` otherwise, UNKNOWN without either (see core
 """
 from __future__ import annotations
 
-import collections
 import datetime
 import math
 import sys
@@ -51,7 +52,7 @@ class GpsNode(Node):
         p = self._declare_all()
         self._p = p
         self._source = self._make_source(p)
-        self._source.on_status = lambda _s: self._wake.trigger()
+        self._source.on_status = lambda _s: self._guarded(self._report)
 
         self._pub_fix = self.create_publisher(NavSatFix, 'gps/fix', SENSOR_QOS)
         self._pub_vel = self.create_publisher(TwistStamped, 'gps/vel', SENSOR_QOS)
@@ -60,8 +61,7 @@ class GpsNode(Node):
         self.published = self.published_no_fix = 0
         self._last: Fix | None = None
         self._last_rx = time.monotonic()       # no data yet counts from start
-        self._queue: collections.deque[tuple[Fix, Time]] = collections.deque(maxlen=100)
-        self._wake = self.create_guard_condition(self._drain)
+        self._lock = threading.Lock()          # the reader thread and the 1 Hz report
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read_loop, name='gps-reader', daemon=True)
         self.create_timer(1.0, self._on_timer)
@@ -127,12 +127,13 @@ class GpsNode(Node):
     # ------------------------------------------------------------------ reader thread
 
     def _read_loop(self) -> None:
-        """Pull fixes from the source; stamp them on arrival; wake the executor."""
+        """Pull fixes from the source; stamp them on arrival and publish them."""
         while not self._stop.is_set():
             try:
                 for fix in self._source.fixes(self._stop):
-                    self._queue.append((fix, self.get_clock().now()))
-                    self._wake.trigger()
+                    if not self._guarded(lambda f=fix: self._publish(f, self.get_clock().now())):
+                        return    # shutting down
+                    self._guarded(self._report)
                 return    # the stop flag, or a replay that ended
             except Exception as exc:  # noqa: BLE001  a source bug must not end GPS for good
                 self.get_logger().error(f'{self._source.description}: {exc!r}; restarting '
@@ -140,26 +141,22 @@ class GpsNode(Node):
                 self._source.fail(f'source failed: {exc!r}')
                 self._stop.wait(self._p['retry_s'])
 
-    # ------------------------------------------------------------------ executor side
+    # ------------------------------------------------------------------ publishing
 
-    def _drain(self) -> None:
+    def _guarded(self, publish) -> bool:
+        """Run ``publish`` under the lock; False once SIGINT/SIGTERM shut the context down
+        under it (the node is stopping: a publish that fails now is not an error)."""
         try:
-            while self._queue:
-                fix, stamp = self._queue.popleft()
-                self._publish(fix, stamp)
-            self._report()
+            with self._lock:
+                publish()
+            return True
         except (_rclpy.RCLError, InvalidHandle):
-            # SIGINT/SIGTERM shut the context down in the middle of this callback: the
-            # executor is about to stop, so a publish that fails now is not an error.
             if self.context.ok():
                 raise
+            return False
 
     def _on_timer(self) -> None:
-        try:
-            self._report()
-        except (_rclpy.RCLError, InvalidHandle):
-            if self.context.ok():
-                raise
+        self._guarded(self._report)
 
     def _publish(self, fix: Fix, stamp: Time) -> None:
         header = Header(stamp=stamp.to_msg(), frame_id=self._p['frame_id'])
