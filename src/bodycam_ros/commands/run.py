@@ -209,8 +209,8 @@ def main(args: argparse.Namespace) -> int:
     from rclpy.signals import SignalHandlerOptions
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     monitor = Monitor(namespace=args.namespace)
-    from rclpy.executors import SingleThreadedExecutor
-    executor = SingleThreadedExecutor()      # one executor, not rclpy.spin_once's per call
+    from bodycam_ros.rosutil import make_executor
+    executor = make_executor()               # one executor, not rclpy.spin_once's per call
     executor.add_node(monitor)
     from bodycam_ros.sdnotify import ALIVE_S, Watchdog
     watchdog = Watchdog(lambda: monitor.missing(names, ALIVE_S))   # systemd: Type=notify

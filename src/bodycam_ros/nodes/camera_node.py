@@ -306,7 +306,8 @@ class CameraNode(Node):
         now = time.monotonic()
         if self._raw_period and now >= self._next_raw:
             self._next_raw = max(self._next_raw + self._raw_period, now)
-            self._publish_raw(frame, stamp)
+            if self._pub_raw.get_subscription_count():   # 2.7 MB at 720p: only if wanted
+                self._publish_raw(frame, stamp)
         if now >= self._next_info:
             self._next_info = max(self._next_info + self._info_period, now)
             self._info.header.stamp = stamp

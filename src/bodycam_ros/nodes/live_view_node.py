@@ -1,9 +1,9 @@
 """live_view: the administration page and live stream of this unit, token-protected.
 
 Subscribes to ``camera/h264`` (remuxed to fragmented MP4 for the browser, never re-encoded),
-``camera/image_raw`` (MJPEG fallback, encoded only while someone watches it), and the unit's
-state: ``bodycam/triggers``, ``bodycam/alerts``, ``bodycam/peer_alert``, ``recorder/status``,
-``gps/fix``. Serves HTTP(S) on ``bind:port`` from its own threads; see
+``camera/image_raw`` (MJPEG fallback: subscribed and encoded only while someone watches it),
+and the unit's state: ``bodycam/triggers``, ``bodycam/alerts``, ``bodycam/peer_alert``,
+``recorder/status``, ``gps/fix``. Serves HTTP(S) on ``bind:port`` from its own threads; see
 :mod:`bodycam_ros.core.live`.
 
 Time: video and position times shown are the messages' stamps (ROS time; sim time on a sim
@@ -129,7 +129,9 @@ class LiveViewNode(Node):
         self._last_jpeg = 0.0
         self._last_frames, self._last_rate_t = 0, time.monotonic()
         self.create_subscription(CompressedImage, 'camera/h264', self._on_h264, VIDEO_QOS)
-        self.create_subscription(Image, 'camera/image_raw', self._on_image, SENSOR_QOS)
+        # camera/image_raw only while an MJPEG viewer watches (see _tick): the camera then
+        # has no subscriber and skips the 2.7 MB frames (issue 14).
+        self._raw_sub = None
         self.create_subscription(DiagnosticArray, 'bodycam/triggers', self._on_triggers,
                                  RELIABLE_QOS)
         self.create_subscription(DiagnosticStatus, 'bodycam/alerts', self._on_alert, LATCHED_QOS)
@@ -253,6 +255,13 @@ class LiveViewNode(Node):
 
     # ------------------------------------------------------------------ health
     def _tick(self) -> None:
+        mjpeg = self.server is not None and self.server.jpeg.viewers > 0
+        if mjpeg and self._raw_sub is None:
+            self._raw_sub = self.create_subscription(Image, 'camera/image_raw', self._on_image,
+                                                     SENSOR_QOS)
+        elif not mjpeg and self._raw_sub is not None:
+            self.destroy_subscription(self._raw_sub)
+            self._raw_sub = None
         now = time.monotonic()
         fps = (self._frames - self._last_frames) / max(now - self._last_rate_t, 1e-3)
         self._last_frames, self._last_rate_t = self._frames, now
