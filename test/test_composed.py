@@ -144,3 +144,21 @@ def test_ros2_launch_composed_all_runs_every_node_in_one_process(ros2, tmp_path:
         log.close()
     text = (tmp_path / 'launch.log').read_text()
     assert code == 0 and 'process has finished cleanly' in text, text[-3000:]
+
+
+def test_nodes_spin_the_events_executor_unless_told_otherwise(monkeypatch, ctx, start_process):
+    """Issue 14: rclpy's EventsExecutor by default (``BODYCAM_EXECUTOR=single`` switches
+    back); a wrong value is a clear exit 2 naming the variable, not a traceback."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.experimental import EventsExecutor  # noqa: F401  (Jazzy's rclpy has it)
+
+    from bodycam_ros.rosutil import EXECUTOR_ENV, ParameterError, make_executor
+    monkeypatch.delenv(EXECUTOR_ENV, raising=False)
+    assert type(make_executor(ctx)).__name__ == 'EventsExecutor'
+    monkeypatch.setenv(EXECUTOR_ENV, 'single')
+    assert isinstance(make_executor(ctx), SingleThreadedExecutor)
+    monkeypatch.setenv(EXECUTOR_ENV, 'multi')
+    with pytest.raises(ParameterError, match=EXECUTOR_ENV):
+        make_executor(ctx)
+    bad = start_process('bodycam_ros.nodes.holster_node', env={EXECUTOR_ENV: 'multi'})
+    assert bad.proc.wait(60) == 2 and f"{EXECUTOR_ENV}='multi'" in bad.output(), bad.output()

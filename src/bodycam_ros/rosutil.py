@@ -14,6 +14,7 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.context import Context
 from rclpy.executors import Executor, ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
@@ -197,7 +198,7 @@ EXECUTOR_ENV = 'BODYCAM_EXECUTOR'
 EXECUTORS = ('events', 'single')
 
 
-def make_executor() -> Executor:
+def make_executor(context: Context | None = None) -> Executor:
     """The executor a node process spins: rclpy's EventsExecutor (``events``, the default
     where this rclpy has it) or the SingleThreadedExecutor (``single``).
 
@@ -213,9 +214,9 @@ def make_executor() -> Executor:
         try:
             from rclpy.experimental import EventsExecutor
         except ImportError:      # an rclpy older than Jazzy 7.1
-            return SingleThreadedExecutor()
-        return EventsExecutor()
-    return SingleThreadedExecutor()
+            return SingleThreadedExecutor(context=context)
+        return EventsExecutor(context=context)
+    return SingleThreadedExecutor(context=context)
 
 
 def run_node(factory: Callable[..., Node], args: list[str] | None = None) -> int:
