@@ -197,6 +197,8 @@ class LiveStream:
     def _start_locked(self) -> None:
         """The first viewer: a muxer on the held GOP, for its init segment. Its fragments
         go to nobody (a viewer starts at the next keyframe)."""
+        if self._muxer is not None:       # a restart's muxer that never saw a good keyframe
+            self._muxer.close()
         self._muxer = FragmentMuxer()
         for annexb, stamp in self._gop:
             try:
