@@ -61,7 +61,7 @@ class GpsNode(Node):
         self.published = self.published_no_fix = 0
         self._last: Fix | None = None
         self._last_rx = time.monotonic()       # no data yet counts from start
-        self._lock = threading.Lock()          # the reader thread and the 1 Hz report
+        self._lock = threading.RLock()         # the reader thread and the 1 Hz report
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read_loop, name='gps-reader', daemon=True)
         self.create_timer(1.0, self._on_timer)
