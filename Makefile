@@ -6,7 +6,7 @@ VENV ?= .venv
 ARGS ?= --scenario patrol
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 
-.PHONY: run test venv install test-deps bench soak clean
+.PHONY: run test venv install test-deps launch-kit bench soak clean
 
 $(VENV)/.deps: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,13 @@ run: install
 test-deps:
 	bash scripts/install-test-deps.sh
 
-test: install test-deps
+# ROS 2 Jazzy's launch, launch_ros and ros2cli (no wheels: vendored sources in ../shared) for
+# the real `ros2 launch` tests; needs cmake and a compiler from test-deps; a no-op once done.
+KIT := ../shared/tools/ros2-launch-kit.sh
+launch-kit: venv test-deps
+	if [ -f $(KIT) ]; then bash $(KIT) $(VENV); fi
+
+test: install test-deps launch-kit
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: install

@@ -406,13 +406,22 @@ def test_the_newest_incident_cut_from_the_bucket_is_caught_by_the_recorded_witne
         trust = TrustView(TrustStore.load(world / 'agency'))
         alone = verify_history(file_bucket_reader(bucket, DEVICE), trust)
         assert alone.ok, alone.as_dict()          # the bucket alone cannot tell
-        got = wait_until(lambda: s.get(srv.url + '/api/incidents', timeout=30,
-                                       params={'verified': 'false'}).json()['items'])
-        cut = next(i for i in got if i['incident_id'] == newest['incident_id'])
-        assert cut['present'] is False
-        totals = {v: s.get(srv.url + '/api/incidents', params={'verified': v}, timeout=30)
-                  .json()['total'] for v in ('true', 'false', '')}
-        assert totals == {'true': 0, 'false': 3, '': 3}, totals   # the cut taints the history
+        # The indexer may first see the shortened ledger (the incident unverified, still
+        # present), then the missing objects: wait for both (CI on PostgreSQL saw the first).
+        def unverified() -> list[dict]:
+            return s.get(srv.url + '/api/incidents', timeout=30,
+                         params={'verified': 'false'}).json()['items']
+        got = wait_until(lambda: [i for i in unverified()
+                                  if i['incident_id'] == newest['incident_id']
+                                  and i['present'] is False])
+        assert got, unverified()
+        cut = got[0]
+
+        def totals() -> dict[str, int]:
+            return {v: s.get(srv.url + '/api/incidents', params={'verified': v}, timeout=30)
+                    .json()['total'] for v in ('true', 'false', '')}
+        want = {'true': 0, 'false': 3, '': 3}           # the cut taints the whole history
+        assert wait_until(lambda: totals() == want), totals()
         assert any(p.startswith('missing_from_bucket') for p in cut['verify_problems'])
         assert any('behind_witness' in p for p in cut['verify_problems']), cut
         devs = s.get(srv.url + '/api/devices', timeout=30).json()['items']
