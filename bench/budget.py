@@ -19,7 +19,7 @@ Cases (``--cases``, comma-separated):
 Targets (issue 14): idle720 <= 0.5 core and <= 300 MB PSS composed, <= 450 MB PSS split;
 record720 <= 0.8 core composed.
 
-Run: ``.venv/bin/python -m bench.budget [--window 60] [--warmup 20] [--cases idle720]
+Run: ``.venv/bin/python -m bench.budget [--window 60] [--warmup 130] [--cases idle720]
 [--modes split,all]``. CPU shares are of a shared machine: other load slows the camera
 (fewer frames encoded, less CPU) and steals cycles; quote numbers from a quiet machine.
 """
@@ -271,7 +271,9 @@ def table(rows: dict[int, Row], window: float) -> tuple[list[tuple], tuple]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--window', type=float, default=60.0)
-    ap.add_argument('--warmup', type=float, default=20.0)
+    ap.add_argument('--warmup', type=float, default=130.0,
+                    help='seconds before sampling; the default fills the 2-minute look-back, '
+                         'which is part of the unit\'s steady state (~65 MB at 4 Mbit/s)')
     ap.add_argument('--cases', default='idle720,record720,idle1080,patrol')
     ap.add_argument('--modes', default='split,all,grouped')
     ap.add_argument('--src', type=Path, default=SRC,
