@@ -303,3 +303,17 @@ def test_composed_run_brings_up_every_node_at_its_rate(start_process, tmp_path: 
     assert 'unclean exits' not in out
     logs = list((tmp_path / 'logs').glob('*.log'))
     assert len(logs) == 1 and all(f'[{n}]' in logs[0].read_text() for n in bringup.NODES)
+
+
+def test_status_line_rate_ignores_republished_counters():
+    """A republished status (same count, stamped when sent) must not drag the rate down:
+    composed in CI, the camera's republish and its report timer swapped order once and the
+    status line read 25.0 fps for a 30 fps camera. A stalled counter reads 0 once stale."""
+    from bodycam_ros.monitor import CounterRate
+    meter = CounterRate(window_s=5.0, stale_s=3.0)
+    t = 100.0
+    for i in range(12):                        # a report each second at 30 fps ...
+        meter.sample(30 * i, t + i, now=i)
+        meter.sample(30 * i, t + i + 0.9, now=i + 0.9)     # ... republished 0.9 s later
+    assert meter.rate(now=11.95) == pytest.approx(30.0)
+    assert meter.rate(now=11.0 + 3.5) == 0.0   # nothing new for 3.5 s: stalled

@@ -29,7 +29,9 @@ class CounterRate:
     The rate is the counter's increase between the samples of the last ``window_s`` seconds,
     over the publisher's own stamps (delivery under load comes in bursts, so receive times
     would overstate it); a restarted node's counter going back to 0 starts a new window,
-    and the rate is 0 once no sample arrived for ``stale_s`` (receive time).
+    and the rate is 0 once no new count arrived for ``stale_s`` (receive time). A sample
+    with the count unchanged is a republished status (stamped when it was sent, not when
+    the count was taken) and is left out: pairing it would understate the rate.
     """
 
     def __init__(self, window_s: float = RATE_WINDOW_S, stale_s: float = 3.0) -> None:
@@ -38,6 +40,8 @@ class CounterRate:
         self._last_rx = -1e18
 
     def sample(self, count: float, stamp: float, now: float | None = None) -> None:
+        if self._samples and count == self._samples[-1][1]:
+            return                                   # a republished status
         self._last_rx = time.monotonic() if now is None else now
         if self._samples and (count < self._samples[-1][1] or stamp <= self._samples[-1][0]):
             if count < self._samples[-1][1] or stamp < self._samples[-1][0]:

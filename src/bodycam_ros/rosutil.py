@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
 from rclpy.signals import SignalHandlerOptions
+from rclpy.time import Time
 
 #: Sensor streams: best effort like ``qos_profile_sensor_data``, but depth 20: the imu node
 #: publishes 200 Hz in bursts of 4 per 50 Hz tick, which depth 5 would drop under load.
@@ -127,7 +129,9 @@ class Diagnostics:
     """Publishes a node's driver status on ``/diagnostics`` once a second.
 
     The node calls :meth:`set` whenever its state changes; the timer republishes the last
-    status so aggregators see the node is alive.
+    status so aggregators see the node is alive. The first publication of a status is
+    stamped when :meth:`set` took its values, so a counter in it (frames encoded, samples
+    published) pairs with the right time; a republication is stamped when it is sent.
     """
 
     def __init__(self, node: Node, hardware_id: str = '', period_s: float = 1.0) -> None:
@@ -135,6 +139,7 @@ class Diagnostics:
         self._name = f'{node.get_namespace().rstrip("/")}/{node.get_name()}'.lstrip('/')
         self._hw = hardware_id
         self._status = status(self._name, STALE, 'starting', hardware_id)
+        self._taken: Time | None = None     # when set() took the unpublished values
         self._pub = node.create_publisher(DiagnosticArray, '/diagnostics', RELIABLE_QOS)
         self._timer = node.create_timer(period_s, self.publish)
 
@@ -146,12 +151,14 @@ class Diagnostics:
         """Record the current status; an ERROR or a level change is published at once."""
         changed = level != self._status.level or message != self._status.message
         self._status = status(self._name, level, message, self._hw, **values)
+        self._taken = self._node.get_clock().now()
         if changed:
             self.publish()
 
     def publish(self) -> None:
         arr = DiagnosticArray(status=[self._status])
-        arr.header.stamp = self._node.get_clock().now().to_msg()
+        stamp, self._taken = self._taken or self._node.get_clock().now(), None
+        arr.header.stamp = stamp.to_msg()
         self._pub.publish(arr)
 
 
@@ -191,6 +198,8 @@ class StopSignals:
 
 #: How often the spin loop looks at the stop flag; also the longest a stop waits to start.
 SPIN_POLL_S = 0.1
+#: The GIL switch interval of a composed process (Python's default is 5 ms).
+COMPOSED_SWITCH_INTERVAL_S = 0.001
 
 
 #: ``BODYCAM_EXECUTOR``: how every node process spins (``bodycam run`` passes it on).
@@ -240,6 +249,12 @@ def run_nodes(factories: Sequence[Callable[..., Node]], args: list[str] | None =
     all are destroyed only after every ``close()`` ran. One executor thread serves them all.
     """
     stop = StopSignals()
+    if len(factories) > 1:
+        # Composed: the camera's capture thread re-takes the GIL several times a frame
+        # (render, convert, encode and publish each release it); with every other node's
+        # callbacks on the executor thread, the default 5 ms switch interval made it miss
+        # frames (25 fps in a 5 s window in CI). 1 ms bounds each wait.
+        sys.setswitchinterval(COMPOSED_SWITCH_INTERVAL_S)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     nodes: list[Node] = []
     try:
