@@ -152,7 +152,9 @@ def test_fleet_end_to_end(start_process, tmp_path, ctx, executor):
         def unit_row():
             rows = {u['device_id']: u for u in s.get(url + '/api/units', timeout=10).json()}
             u = rows.get(DEVICE)
-            return u if u and u['online'] and u['position'] else None
+            # Position (gps) and storage (the recorder's status) arrive on their own clocks.
+            return u if u and u['online'] and u['position'] and \
+                u['storage'].get('free_bytes') is not None else None
         u = wait_until(unit_row, 120, 0.25)
         assert u, (unit.output()[-3000:], (tmp_path / 'logs' / 'portal_link.log').read_text()
                    if (tmp_path / 'logs' / 'portal_link.log').exists() else '')
