@@ -138,6 +138,7 @@ class FragmentMuxer:
         self.codec: str | None = None
         self.skipped = 0
         self.width = self.height = 0
+        self.last_keyframe = False   # whether the last access unit fed was a keyframe
 
     @property
     def sps(self) -> bytes | None:
@@ -151,6 +152,7 @@ class FragmentMuxer:
         """
         check_stamp(stamp, self._t0)
         key, sps = inspect_access_unit(annexb)
+        self.last_keyframe = key
         if self._out is None:
             if not key or sps is None:
                 self.skipped += 1

@@ -161,7 +161,7 @@ class LiveStream:
             if frags and self._muxer.init_segment is not None:
                 self._ready.notify_all()
             self._frags += len(frags)
-            self._keep_gop(annexb, stamp, inspect_access_unit(annexb).keyframe)
+            self._keep_gop(annexb, stamp, self._muxer.last_keyframe)
             viewers = list(self._viewers)
         for frag in frags:
             for v in viewers:
