@@ -5,8 +5,10 @@ waits for warm-up, then samples every process of the run with psutil for ``--win
 seconds: CPU in cores (CPU time used over the window), RSS, and PSS from
 ``/proc/<pid>/smaps_rollup`` (shared pages split between the processes that map them, so
 PSS adds up to what the unit really holds). Prints a table per node/process and the total,
-for the split graph (one process per node: the baseline, measured in the same run) and the
-composed graphs, with ratios against the split one.
+for each mode (``--modes``): ``exec``, the split graph with every node started by
+``python -m`` (the baseline, measured in the same run); ``split``, one process per node
+forked from the preloaded supervisor (what ``bodycam run`` does); ``all`` and ``grouped``,
+composed; with ratios against the first mode.
 
 Cases (``--cases``, comma-separated):
   idle720    idle at 720p30, no incident                        (targets below)
@@ -20,7 +22,7 @@ Targets (issue 14): idle720 <= 0.5 core and <= 300 MB PSS composed, <= 450 MB PS
 record720 <= 0.8 core composed.
 
 Run: ``.venv/bin/python -m bench.budget [--window 60] [--warmup 130] [--cases idle720]
-[--modes split,all]``. CPU shares are of a shared machine: other load slows the camera
+[--modes exec,split,all]``. CPU shares are of a shared machine: other load slows the camera
 (fewer frames encoded, less CPU) and steals cycles; quote numbers from a quiet machine.
 """
 from __future__ import annotations
@@ -46,7 +48,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / 'src'          # --src: measure another checkout's code (a before/after pair)
 TARGETS = {('idle720', 'all'): (0.5, 300.0), ('idle720', 'split'): (None, 450.0),
            ('record720', 'all'): (0.8, None)}
-MODES = {'split': None, 'all': 'all', 'grouped': 'sensors+fusion,recorder+uploader,rest'}
+#: mode -> (``--composed`` spec, ``BODYCAM_SPAWN``). ``exec`` is the split graph with every
+#: node started by ``python -m`` (each imports rclpy & co. itself): the baseline for ``split``,
+#: whose nodes ``bodycam run`` forks from its preloaded self.
+MODES = {'exec': (None, 'exec'), 'split': (None, 'fork'), 'all': ('all', 'fork'),
+         'grouped': ('sensors+fusion,recorder+uploader,rest', 'fork')}
 
 
 def pss_mb(pid: int) -> float:
@@ -133,8 +139,8 @@ class Run:
     """One ``bodycam run`` in a temporary directory with a DDS domain of its own."""
 
     def __init__(self, composed: str | None, config: Path, tmp: Path, domain: int,
-                 extra_args: tuple[str, ...] = ()) -> None:
-        self.env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST',
+                 extra_args: tuple[str, ...] = (), spawn: str = 'fork') -> None:
+        self.env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE='LOCALHOST', BODYCAM_SPAWN=spawn,
                         ROS_DOMAIN_ID=str(domain), ROS_HOME=str(tmp / 'ros'),
                         PYTHONPATH=os.pathsep.join(filter(None, [str(SRC),
                                                                  os.environ.get('PYTHONPATH')])))
@@ -206,7 +212,8 @@ def measure(case: str, mode: str, args: argparse.Namespace, domain: int) -> dict
         config = write_config(tmp / 'unit.yaml', width, height, 30, tmp, extra)
         run_args = ('--quiet',) if case == 'patrol' else ()
         run_args += ('--scenario', 'patrol') if case == 'patrol' else ()
-        run = Run(MODES[mode], config, tmp, domain, run_args)
+        composed, spawn = MODES[mode]
+        run = Run(composed, config, tmp, domain, run_args, spawn)
         stop_view, got = threading.Event(), [0]
         try:
             if case == 'patrol':
@@ -275,7 +282,8 @@ def main() -> int:
                     help='seconds before sampling; the default fills the 2-minute look-back, '
                          'which is part of the unit\'s steady state (~65 MB at 4 Mbit/s)')
     ap.add_argument('--cases', default='idle720,record720,idle1080,patrol')
-    ap.add_argument('--modes', default='split,all,grouped')
+    ap.add_argument('--modes', default='exec,split,all,grouped',
+                    help=f'the first is the baseline of the ratios; any of {", ".join(MODES)}')
     ap.add_argument('--src', type=Path, default=SRC,
                     help='the src/ directory whose bodycam_ros to run (default this checkout)')
     args = ap.parse_args()
@@ -286,8 +294,11 @@ def main() -> int:
     fails = []
     for case in args.cases.split(','):
         base: tuple | None = None
+        base_mode = ''
         for mode in args.modes.split(','):
-            print(f'\n== {case} / {mode} ({MODES[mode] or "one process per node"})', flush=True)
+            composed, spawn = MODES[mode]
+            what = f'composed {composed}' if composed else f'one process per node, {spawn}'
+            print(f'\n== {case} / {mode} ({what})', flush=True)
             rows = measure(case, mode, args, domain)
             domain += 1
             if case == 'patrol':
@@ -302,9 +313,10 @@ def main() -> int:
             for name, cpu, rss, pss in lines + [total]:
                 print(f'  {name[:44]:<44} {cpu:6.3f} {rss:8.0f} {pss:8.0f}')
             if base is None:
-                base = total
+                base, base_mode = total, mode
             else:
-                print(f'  vs split: cores {total[1] / base[1]:.2f}x, PSS {total[3] / base[3]:.2f}x')
+                print(f'  vs {base_mode}: cores {total[1] / base[1]:.2f}x, '
+                      f'PSS {total[3] / base[3]:.2f}x')
             cpu_max, pss_max = TARGETS.get((case, mode), (None, None))
             for what, value, limit in (('cores', total[1], cpu_max), ('PSS MB', total[3], pss_max)):
                 if limit is not None:

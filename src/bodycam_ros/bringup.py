@@ -5,7 +5,9 @@ name), exactly like ``launch/sim.launch.py``: a crash in one cannot take the oth
 camera encoder gets a core of its own, and a dead node is restarted with a back-off. With
 ``--composed`` several nodes share one process (:mod:`bodycam_ros.composed`): the same
 params file, one Python and one DDS participant's worth of memory instead of several, and
-the supervisor restarts the whole group if it dies.
+the supervisor restarts the whole group if it dies. ``bodycam run`` forks the node processes
+from itself after importing what they share (:mod:`bodycam_ros.prefork`; ``BODYCAM_SPAWN=exec``
+starts each with ``python -m`` instead), so they share those pages.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bodycam_ros import prefork
 
 #: Every node of a unit, in start order (sensors first so the recorder sees data at once).
 NODES = ('camera', 'imu', 'gps', 'holster', 'trigger_fusion', 'recorder', 'uploader',
@@ -142,7 +146,7 @@ def write_overrides(path: Path, overrides: Mapping[str, object],
 class Child:
     name: str
     argv: list[str]
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen | prefork.ForkedProcess | None = None
     restarts: list[float] = field(default_factory=list)
     given_up: bool = False
     nodes: tuple[str, ...] = ()      # the nodes this process runs (default: just ``name``)
@@ -159,21 +163,35 @@ class Supervisor:
     """
 
     def __init__(self, children: Sequence[Child], log_dir: Path | None = None,
-                 restart_limit: int = 5, echo=print) -> None:
+                 restart_limit: int = 5, echo=print, spawn: str = 'exec') -> None:
         self.children = list(children)
         self._log_dir = log_dir
         self._restart_limit = restart_limit
         self._echo = echo
+        self._spawn_mode = spawn
+        self._forking = False
 
     def start(self) -> None:
-        for child in self.children:
-            self._spawn(child)
+        """Start every child; with ``spawn='fork'`` as forks of this process after
+        :func:`prefork.preload` (call before this process starts rclpy)."""
+        self._forking = self._spawn_mode == 'fork'
+        if self._forking:
+            prefork.preload()
+        try:
+            for child in self.children:
+                self._spawn(child)
+        finally:
+            self._forking = False   # a restart comes after our own rclpy.init: exec
 
     def _spawn(self, child: Child) -> None:
-        out = None
+        log = None
         if self._log_dir is not None:
             self._log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self._log_dir / f'{child.name}.log', 'ab')
+            log = self._log_dir / f'{child.name}.log'
+        if self._forking:
+            child.proc = prefork.fork(child.argv, log)
+            return
+        out = open(log, 'ab') if log is not None else None
         # A new process group: Ctrl-C in the terminal reaches only us, and we stop the
         # children in order (recorder last) instead of all at once.
         child.proc = subprocess.Popen(child.argv, stdout=out, stderr=subprocess.STDOUT,

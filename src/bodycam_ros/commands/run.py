@@ -182,7 +182,13 @@ def main(args: argparse.Namespace) -> int:
     except bringup.GroupError as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
-    sup = bringup.Supervisor(children, log_dir=log_dir)
+    from bodycam_ros import prefork
+    try:
+        spawn = prefork.spawn_mode()
+    except prefork.SpawnError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+    sup = bringup.Supervisor(children, log_dir=log_dir, spawn=spawn)
     print(f'bodycam: starting {", ".join(names)} (config {params}, logs {log_dir})', flush=True)
     if ('recorder' in names or 'portal_link' in names) and trust_note:
         print(trust_note, flush=True)
