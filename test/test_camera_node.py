@@ -341,7 +341,8 @@ def test_missing_device_is_an_error_retried_while_the_node_lives(ctx, executor, 
 
 
 @pytest.mark.parametrize('arg, name', [('fps:=0', 'fps'), ('source:=foo', 'source'),
-                                       ('width:=321', 'width'), ('fps:=29.97', 'fps')])
+                                       ('width:=321', 'width'), ('fps:=29.97', 'fps'),
+                                       ('encoder_threads:=-1', 'encoder_threads')])
 def test_bad_parameter_exits_2_naming_it(start_process, arg, name):
     proc = start_process('bodycam_ros.nodes.camera_node', '--ros-args', '-p', arg)
     assert proc.proc.wait(timeout=30) == 2, proc.output()

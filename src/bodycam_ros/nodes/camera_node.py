@@ -148,6 +148,10 @@ class CameraNode(Node):
                          min_value=100_000, max_value=50_000_000),
             'gop': d('gop', 30, 'keyframe interval [frames], fixed', min_value=1,
                      max_value=600),
+            'encoder_threads': d('encoder_threads', 1, 'x264 threads (slices of each frame); '
+                                 '1 costs the least CPU per frame, more cut the wait for a '
+                                 'frame on a slow core; 0 = one per core',
+                                 min_value=0, max_value=16),
             'raw_rate': d('raw_rate', 2.0, 'camera/image_raw rate [Hz], 0 disables',
                           min_value=0.0, max_value=120.0),
             'frame_id': d('frame_id', 'camera_optical_frame', 'header.frame_id (REP 103 '
@@ -264,7 +268,8 @@ class CameraNode(Node):
         if self._encoder is None:
             try:
                 self._encoder = H264Encoder(width, height, self._source.fps,
-                                            self._p['bitrate'], self._p['gop'])
+                                            self._p['bitrate'], self._p['gop'],
+                                            threads=self._p['encoder_threads'])
                 if (width, height) != (self._info.width, self._info.height):
                     self._info = camera_info(width, height)     # a topic's own size
                     self._info.header.frame_id = self._p['frame_id']
