@@ -52,7 +52,7 @@ TARGETS = {('idle720', 'all'): (0.5, 300.0), ('idle720', 'split'): (None, 450.0)
 #: node started by ``python -m`` (each imports rclpy & co. itself): the baseline for ``split``,
 #: whose nodes ``bodycam run`` forks from its preloaded self.
 MODES = {'exec': (None, 'exec'), 'split': (None, 'fork'), 'all': ('all', 'fork'),
-         'grouped': ('sensors+fusion,recorder+uploader,rest', 'fork')}
+         'all-exec': ('all', 'exec'), 'grouped': ('sensors+fusion,recorder+uploader,rest', 'fork')}
 
 
 def pss_mb(pid: int) -> float:

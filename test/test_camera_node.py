@@ -21,10 +21,10 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from bodycam_ros.core.h264 import has_parameter_sets, is_keyframe
+from bodycam_ros.core.h264 import EncoderError, H264Encoder, has_parameter_sets, is_keyframe
 from bodycam_ros.drivers.camera import (BadFrame, CameraError, DeviceSource, EndOfFile,
                                         FileSource, TestPatternSource, compressed_to_bgr,
-                                        decode_frame_counter, image_to_bgr)
+                                        decode_frame_counter, image_to_bgr, to_bgr)
 from bodycam_ros.nodes.camera_node import CameraNode, stamp_of
 from bodycam_ros.rosutil import ERROR, OK, RELIABLE_QOS, SENSOR_QOS, VIDEO_QOS, WARN
 from conftest import shared_data, spin_for, spin_until
@@ -108,7 +108,7 @@ def test_test_pattern_counts_frames_and_skips_what_a_slow_reader_missed():
     src = TestPatternSource(W, H, 50)
     with src:
         got = [src.read() for _ in range(10)]
-        counters = [decode_frame_counter(f) for f, _ in got]
+        counters = [decode_frame_counter(to_bgr(f)) for f, _ in got]
         # Consecutive unless the reader was late for a slot; then the gap is counted.
         gaps = np.diff(counters)
         assert (gaps >= 1).all() and int((gaps - 1).sum()) == src.dropped <= 3, counters
@@ -117,8 +117,28 @@ def test_test_pattern_counts_frames_and_skips_what_a_slow_reader_missed():
         before = src.dropped
         time.sleep(0.2)   # a capture loop that stalls for 10 frame periods
         frame, _ = src.read()
-        jump = decode_frame_counter(frame) - counters[-1]
+        jump = decode_frame_counter(to_bgr(frame)) - counters[-1]
         assert jump >= 10 and src.dropped - before == jump - 1, (jump, src.dropped)
+
+
+def test_test_pattern_reads_as_i420_the_picture_the_bgr_path_would_encode():
+    """The simulated camera draws straight into I420 (no BGR->YUV conversion a frame): what
+    the encoder gets must be the same picture the BGR path would have given it."""
+    src = TestPatternSource(1280, 720, 30)
+    for i in (0, 7, 45, 1000):
+        i420 = src.render_i420(i, 1.7e9 + i / 30)
+        assert i420.shape == (1080, 1280) and i420.dtype == np.uint8
+        via_bgr = cv2.cvtColor(src.render(i, 1.7e9 + i / 30), cv2.COLOR_BGR2YUV_I420)
+        diff = np.abs(i420.astype(np.int16) - via_bgr)
+        # Rounding of the drawings' anti-aliased edges only: the planes agree almost
+        # everywhere, and the burnt-in counter reads back.
+        assert diff.mean() < 0.5 and (diff > 8).mean() < 0.002, (i, diff.mean())
+        assert decode_frame_counter(to_bgr(i420)) == i
+    enc = H264Encoder(1280, 720, 30, 2_000_000, 30)
+    units = [enc.encode(src.render_i420(i, 0.0)).data for i in range(3)]
+    assert decode_frame_counter(decode(units)[-1]) == 2
+    with pytest.raises(EncoderError, match=r'\(1080, 1280\) uint8 I420'):
+        enc.encode(np.zeros((1000, 1280), np.uint8))
 
 
 def test_frame_counter_is_not_read_from_an_ordinary_picture():

@@ -132,7 +132,8 @@ class H264Encoder:
         self._pts = 0
 
     def encode(self, frame: np.ndarray | av.VideoFrame) -> AccessUnit:
-        """Encode one BGR frame (``HxWx3 uint8``) or VideoFrame; return its access unit.
+        """Encode one BGR frame (``HxWx3 uint8``), I420 planes (``(H*3/2)xW uint8``) or
+        VideoFrame; return its access unit.
 
         Raises:
             EncoderError: wrong frame size/type, the encoder is closed, libx264 failed, or it
@@ -144,12 +145,16 @@ class H264Encoder:
         import cv2
         import numpy as np
         if isinstance(frame, np.ndarray):
-            if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            if frame.dtype == np.uint8 and frame.shape == (self.height, self.width, 3):
+                # OpenCV's BGR->I420 (BT.601 limited range, same as swscale's) is ~3x faster
+                # than PyAV's reformat, and from_numpy_buffer wraps the planes without a copy.
+                yuv = cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420)
+            elif frame.dtype == np.uint8 and frame.shape == (self.height * 3 // 2, self.width):
+                yuv = np.ascontiguousarray(frame)   # I420 planes already
+            else:
                 raise EncoderError(f'frame {frame.shape} {frame.dtype}: expected '
-                                   f'({self.height}, {self.width}, 3) uint8 BGR')
-            # OpenCV's BGR->I420 (BT.601 limited range, same as swscale's) is ~3x faster than
-            # PyAV's reformat, and from_numpy_buffer wraps the planes without a copy.
-            yuv = cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420)
+                                   f'({self.height}, {self.width}, 3) uint8 BGR or '
+                                   f'({self.height * 3 // 2}, {self.width}) uint8 I420')
             vf = av.VideoFrame.from_numpy_buffer(yuv, format='yuv420p')
         elif isinstance(frame, av.VideoFrame):
             if (frame.width, frame.height) != (self.width, self.height):

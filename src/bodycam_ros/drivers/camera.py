@@ -54,7 +54,11 @@ class BadFrame(CameraError):
 
 
 class FrameSource(ABC):
-    """open / read / close over BGR frames of a fixed size, with a drop counter."""
+    """open / read / close over frames of a fixed size, with a drop counter.
+
+    A frame is BGR ``(h, w, 3)`` uint8, or I420 planes ``(h * 3 / 2, w)`` uint8 from a source
+    that has them already (the encoder takes either; see :func:`frame_size`, :func:`to_bgr`).
+    """
 
     kind = 'source'
     #: True when ``read()`` returns ROS time (a message stamp), not the source's own clock.
@@ -80,7 +84,7 @@ class FrameSource(ABC):
 
     @abstractmethod
     def read(self) -> tuple[np.ndarray, float]:
-        """Block until the next frame; return it (BGR) and its capture time (UNIX s).
+        """Block until the next frame; return it (BGR or I420) and its capture time (UNIX s).
 
         Raises:
             CameraError: the source failed (:class:`EndOfFile` when a file ended).
@@ -346,11 +350,33 @@ def _block_edges(height: int) -> list[tuple[int, int, int, int]]:
             for r in range(CODE_BITS // CODE_COLS) for c in range(CODE_COLS)]
 
 
-def encode_frame_counter(frame: np.ndarray, counter: int) -> None:
-    """Draw ``counter`` (mod 2**24) as black/white blocks in the top-left corner, in place."""
+def encode_frame_counter(frame: np.ndarray, counter: int, on: int = 255, off: int = 0) -> None:
+    """Draw ``counter`` (mod 2**24) as black/white blocks in the top-left corner, in place
+    (``on``/``off``: the levels of a bit; 235/16 on a video-range Y plane)."""
     word = _code_word(counter)
     for i, (y0, y1, x0, x1) in enumerate(_block_edges(frame.shape[0])):
-        frame[y0:y1, x0:x1] = 255 if (word >> (CODE_BITS - 1 - i)) & 1 else 0
+        frame[y0:y1, x0:x1] = on if (word >> (CODE_BITS - 1 - i)) & 1 else off
+
+
+def frame_size(frame: np.ndarray) -> tuple[int, int]:
+    """(width, height) of a BGR ``(h, w, 3)`` or I420 ``(h * 3 / 2, w)`` frame."""
+    if frame.ndim == 2:
+        return frame.shape[1], frame.shape[0] * 2 // 3
+    return frame.shape[1], frame.shape[0]
+
+
+def to_bgr(frame: np.ndarray) -> np.ndarray:
+    """A BGR frame as is; I420 planes converted (BT.601 video range, as the encoder's)."""
+    return frame if frame.ndim == 3 else cv2.cvtColor(frame, cv2.COLOR_YUV2BGR_I420)
+
+
+def i420_planes(frame: np.ndarray, width: int, height: int) -> tuple[np.ndarray, ...]:
+    """Views of the Y, U and V planes of an I420 buffer of ``width`` x ``height``."""
+    flat = frame.reshape(-1)
+    n, q = width * height, width * height // 4
+    return (flat[:n].reshape(height, width),
+            flat[n:n + q].reshape(height // 2, width // 2),
+            flat[n + q:n + 2 * q].reshape(height // 2, width // 2))
 
 
 def decode_frame_counter(frame_bgr: np.ndarray) -> int:
@@ -378,6 +404,9 @@ class TestPatternSource(FrameSource):
     Cheap at 1080p30: the background (colour bars, a grid, a diagonal ramp) is drawn once at
     twice the width and each frame is a scrolled slice of it plus a few small drawings. The
     frame counter is the frame's slot since :meth:`open` (so dropped frames show as gaps).
+    :meth:`read` draws straight into I420 planes, what the encoder takes, so a simulated
+    camera spends no CPU on a BGR->YUV conversion a real one would not need either;
+    :meth:`render` draws the same picture in BGR.
     """
 
     kind = 'test_pattern'
@@ -388,12 +417,17 @@ class TestPatternSource(FrameSource):
         if width * 3 < height * 2:
             raise CameraError(f'test pattern {width}x{height}: needs width >= 2/3 height for '
                               'the counter code')
+        if width % 2 or height % 2:
+            raise CameraError(f'test pattern {width}x{height}: width and height must be even')
         self._bg = self._background(self.width, self.height)
+        self._bg_yuv = i420_planes(cv2.cvtColor(self._bg, cv2.COLOR_BGR2YUV_I420),
+                                   2 * self.width, self.height)
         self._pacer = _Pacer(self.fps)
         self._open = False
         self._scale = self.height / 720
         self._thick = max(1, round(2 * self._scale))
-        self._step = max(1, round(self.width / (4 * self.fps)))  # crosses the frame in ~4 s
+        # Crosses the frame in ~4 s; even, so the half-width chroma planes scroll with it.
+        self._step = 2 * max(1, round(self.width / (8 * self.fps)))
 
     @staticmethod
     def _background(width: int, height: int) -> np.ndarray:
@@ -421,27 +455,53 @@ class TestPatternSource(FrameSource):
         idx, skipped = self._pacer.wait()
         t = time.time()
         self.dropped += skipped
-        return self.render(idx, t), t
+        return self.render_i420(idx, t), t
 
     def render(self, counter: int, t: float) -> np.ndarray:
-        """The frame for slot ``counter`` captured at UNIX time ``t``."""
-        w, h = self.width, self.height
+        """The BGR frame for slot ``counter`` captured at UNIX time ``t``."""
+        w = self.width
         off = (counter * self._step) % w
         frame = self._bg[:, off:off + w].copy()
+        self._draw(frame, counter, t, (255, 255, 255), (0, 0, 0), 255, 0)
+        return frame
+
+    def render_i420(self, counter: int, t: float) -> np.ndarray:
+        """:meth:`render` as I420 planes ``(h * 3 / 2, w)``, drawn on the Y plane (video
+        range: white 235, black 16) with neutral chroma under the drawings."""
+        w, h = self.width, self.height
+        off = (counter * self._step) % w
+        frame = np.empty((h * 3 // 2, w), np.uint8)
+        y, u, v = i420_planes(frame, w, h)
+        bg_y, bg_u, bg_v = self._bg_yuv
+        y[:] = bg_y[:, off:off + w]
+        u[:] = bg_u[:, off // 2:off // 2 + w // 2]
+        v[:] = bg_v[:, off // 2:off // 2 + w // 2]
+        for x0, y0, x1, y1 in self._draw(y, counter, t, 235, 16, 235, 16):
+            u[y0 // 2:(y1 + 1) // 2, x0 // 2:(x1 + 1) // 2] = 128
+            v[y0 // 2:(y1 + 1) // 2, x0 // 2:(x1 + 1) // 2] = 128
+        return frame
+
+    def _draw(self, img: np.ndarray, counter: int, t: float, white, black, on: int,
+              off: int) -> list[tuple[int, int, int, int]]:
+        """Draw the bouncing box, the counter code and the time stamp onto ``img`` (BGR, or a
+        Y plane); return the rectangles drawn, ``(x0, y0, x1, y1)`` end-exclusive."""
+        w, h = self.width, self.height
         # A box bouncing vertically, so motion is visible in both axes.
         box = h // 8
         y = int((h - box) * (0.5 + 0.5 * math.sin(counter * 2 * math.pi / (3 * self.fps))))
-        cv2.rectangle(frame, (w - 2 * box, y), (w - box, y + box), (255, 255, 255), -1)
-        encode_frame_counter(frame, counter)
+        cv2.rectangle(img, (w - 2 * box, y), (w - box, y + box), white, -1)
+        encode_frame_counter(img, counter, on, off)
         stamp = datetime.fromtimestamp(t).strftime('%Y-%m-%d %H:%M:%S.%f')[:-3]
         y0 = round(2 * h / CODE_BLOCKS_PER_HEIGHT)
         line = round(40 * self._scale) + 4
-        cv2.rectangle(frame, (0, y0), (min(w, round(620 * self._scale)), y0 + 2 * line + 8),
-                      (0, 0, 0), -1)
+        x1 = min(w, round(620 * self._scale))
+        cv2.rectangle(img, (0, y0), (x1, y0 + 2 * line + 8), black, -1)
         for i, text in enumerate((stamp, f'frame {counter}')):
-            cv2.putText(frame, text, (8, y0 + (i + 1) * line), cv2.FONT_HERSHEY_SIMPLEX,
-                        1.2 * self._scale, (255, 255, 255), self._thick, cv2.LINE_AA)
-        return frame
+            cv2.putText(img, text, (8, y0 + (i + 1) * line), cv2.FONT_HERSHEY_SIMPLEX,
+                        1.2 * self._scale, white, self._thick, cv2.LINE_AA)
+        code_w, code_h = _block_edges(h)[-1][3], _block_edges(h)[-1][1]
+        return [(w - 2 * box, y, w - box + 1, y + box + 1), (0, 0, code_w, code_h),
+                (0, y0, x1 + 1, y0 + 2 * line + 9)]
 
     def close(self) -> None:
         self._open = False

@@ -38,8 +38,8 @@ from std_msgs.msg import Header
 
 from bodycam_ros.core.h264 import EncoderError, H264Encoder
 from bodycam_ros.drivers.camera import (BadFrame, CameraError, EndOfFile, FrameSource,
-                                        TopicSource, compressed_to_bgr, image_to_bgr,
-                                        open_source)
+                                        TopicSource, compressed_to_bgr, frame_size,
+                                        image_to_bgr, open_source, to_bgr)
 from bodycam_ros.rosutil import (ERROR, OK, SENSOR_QOS, VIDEO_QOS, WARN, Diagnostics,
                                  ParameterError, declare, run_node)
 
@@ -287,7 +287,7 @@ class CameraNode(Node):
 
         Returns False when the node is going down (or the encoder cannot open).
         """
-        if self._encoder is None and not self._make_encoder(frame.shape[1], frame.shape[0]):
+        if self._encoder is None and not self._make_encoder(*frame_size(frame)):
             return False
         assert self._encoder is not None
         try:
@@ -320,6 +320,7 @@ class CameraNode(Node):
         return True
 
     def _publish_raw(self, frame: np.ndarray, stamp: Time) -> None:
+        frame = to_bgr(frame)
         h, w = frame.shape[:2]
         msg = Image(height=h, width=w, encoding='bgr8', is_bigendian=0, step=w * 3,
                     data=array.array('B', frame.tobytes()))
