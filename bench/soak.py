@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -354,9 +355,10 @@ class Sampler:
                 cmd = p.cmdline()
             except self._psutil.Error:
                 continue
-            for arg in cmd:
-                if arg.startswith('bodycam_ros.nodes.') and arg.endswith('_node'):
-                    out[arg[len('bodycam_ros.nodes.'):-len('_node')]] = p
+            # Joined: a node forked by `bodycam run` has its command line as one process
+            # title (setproctitle), not as separate arguments.
+            if m := re.search(r'-m bodycam_ros\.nodes\.(\w+)_node\b', ' '.join(cmd)):
+                out[m.group(1)] = p
         return out
 
     def sample(self) -> None:
@@ -735,7 +737,8 @@ def run(plan: Plan, work: Path, echo: Callable[[str], None] = print,
             stop_code = proc.returncode
         out.close()
         officer.quit.set()
-        officer.join(30)
+        if officer.is_alive():     # not started if the graph never came up
+            officer.join(30)
     run_out = (work / 'run.out').read_text(errors='replace')
     if stop_code not in (0, None):
         findings.append(f'bodycam run exited {stop_code}: ' + ' | '.join(
