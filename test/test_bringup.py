@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -23,17 +24,7 @@ def _rates(output: str) -> list[dict[str, str]]:
     return [m.groupdict() for m in STATUS.finditer(output)]
 
 
-def test_run_brings_up_every_node_at_its_rate(start_process, tmp_path: Path):
-    run = start_process('bodycam_ros.cli', 'run', '--duration', '25',
-                        '--evidence-dir', str(tmp_path / 'evidence'),
-                        '--bucket', f'file://{tmp_path / "bucket"}',
-                        '--key-dir', str(tmp_path / 'keys'), '--agency', str(tmp_path / 'agency'),
-                        '--log-dir', str(tmp_path / 'logs'),
-                        '--portal-state', str(tmp_path / 'portal'), '--portal-port', '0')
-    assert run.proc.wait(90) == 0, run.output()
-    out = run.output()
-    for name in bringup.NODES:
-        assert name in out.splitlines()[0], f'{name} not started: {out.splitlines()[0]}'
+def _check_steady(out: str) -> None:
     # The last status lines hold 5 s windows of steady state.
     steady = _rates(out)[-3:]
     assert steady, f'no status line in:\n{out}'
@@ -43,18 +34,46 @@ def test_run_brings_up_every_node_at_its_rate(start_process, tmp_path: Path):
         assert 0.8 <= float(r['gps']) <= 1.2, r         # 1 Hz receiver
         assert r['holster'] in ('holstered', 'DRAWN'), r
     assert 'unclean exits' not in out
+
+
+def test_split_and_composed_runs_bring_up_every_node_at_its_rate(start_process, tmp_path: Path):
+    """The split graph (a process per node) and, at the same time in a DDS domain of its own,
+    the composed one (issue 14: `--composed all`, every node in one process): all nodes up
+    at their rates, a clean stop. The rates come from the nodes' own diagnostics counters,
+    so this also checks the status line without a video subscription."""
+    split, composed = tmp_path / 'split', tmp_path / 'composed'
+    runs = {}
+    for d, extra, env in (
+            (split, ('--portal-state', str(split / 'portal'), '--portal-port', '0'), None),
+            (composed, ('--composed', 'all', '--no-portal'),
+             {'ROS_DOMAIN_ID': str((int(os.environ['ROS_DOMAIN_ID']) + 101) % 232)})):
+        runs[d] = start_process('bodycam_ros.cli', 'run', '--duration', '25',
+                                '--evidence-dir', str(d / 'evidence'),
+                                '--bucket', f'file://{d / "bucket"}', '--key-dir', str(d / 'keys'),
+                                '--agency', str(d / 'agency'), '--log-dir', str(d / 'logs'),
+                                *extra, env=env)
+    for d, run in runs.items():
+        assert run.proc.wait(90) == 0, run.output()
+        _check_steady(run.output())
+
+    out = runs[split].output()
+    for name in bringup.NODES:
+        assert name in out.splitlines()[0], f'{name} not started: {out.splitlines()[0]}'
     # The embedded default: a device key outside the evidence and a demo agency, made on
     # first use; --evidence-dir reached the recorder (it wins over the config file).
-    assert (tmp_path / 'keys' / 'device_ed25519.pub').is_file()
-    assert not (tmp_path / 'evidence' / 'keys').exists()
-    assert (tmp_path / 'agency' / 'agency.json').is_file() and 'DEMO agency' in out
-    assert (tmp_path / 'evidence' / 'ledger.jsonl').is_file()
-    logs = list((tmp_path / 'logs').glob('*.log'))
+    assert (split / 'keys' / 'device_ed25519.pub').is_file()
+    assert not (split / 'evidence' / 'keys').exists()
+    assert (split / 'agency' / 'agency.json').is_file() and 'DEMO agency' in out
+    assert (split / 'evidence' / 'ledger.jsonl').is_file()
+    logs = list((split / 'logs').glob('*.log'))
     assert {p.stem for p in logs} == set(bringup.NODES)
     # The local portal (issue 12): its URL and first admin password, a child stopped cleanly.
     assert re.search(r'^portal: http://127\.0\.0\.1:\d+/$', out, re.M), out
     assert re.search(r'^portal: admin password: \S{12,}$', out, re.M), out
-    assert (tmp_path / 'portal' / 'portal.db').is_file()
+    assert (split / 'portal' / 'portal.db').is_file()
+
+    logs = list((composed / 'logs').glob('*.log'))
+    assert len(logs) == 1 and all(f'[{n}]' in logs[0].read_text() for n in bringup.NODES)
 
 
 def test_overrides_win_over_the_config_file(tmp_path: Path):
@@ -280,29 +299,6 @@ def test_live_view_waits_for_a_taken_port_and_logs_its_url(ctx, executor, start_
     assert spin_until(executor, lambda: diags[-1].level != DiagnosticStatus.ERROR, 10)
     assert live.stop() == 0, live.output()
 
-
-
-def test_composed_run_brings_up_every_node_at_its_rate(start_process, tmp_path: Path):
-    """Issue 14: the same bring-up with every node in one process (`--composed all`): all
-    nodes up, the same rates, a clean stop. The rates come from the nodes' own diagnostics
-    counters now, so this also checks the status line without a video subscription."""
-    run = start_process('bodycam_ros.cli', 'run', '--duration', '25', '--composed', 'all',
-                        '--evidence-dir', str(tmp_path / 'evidence'),
-                        '--bucket', f'file://{tmp_path / "bucket"}',
-                        '--key-dir', str(tmp_path / 'keys'), '--agency', str(tmp_path / 'agency'),
-                        '--log-dir', str(tmp_path / 'logs'), '--no-portal')
-    assert run.proc.wait(90) == 0, run.output()
-    out = run.output()
-    steady = _rates(out)[-3:]
-    assert steady, f'no status line in:\n{out}'
-    for r in steady:
-        assert 27.0 <= float(r['cam']) <= 33.0, r
-        assert 90.0 <= float(r['imu']) <= 110.0, r
-        assert 0.8 <= float(r['gps']) <= 1.2, r
-        assert r['holster'] in ('holstered', 'DRAWN'), r
-    assert 'unclean exits' not in out
-    logs = list((tmp_path / 'logs').glob('*.log'))
-    assert len(logs) == 1 and all(f'[{n}]' in logs[0].read_text() for n in bringup.NODES)
 
 
 def test_status_line_rate_ignores_republished_counters():
