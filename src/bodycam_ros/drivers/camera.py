@@ -428,6 +428,8 @@ class TestPatternSource(FrameSource):
         self._thick = max(1, round(2 * self._scale))
         # Crosses the frame in ~4 s; even, so the half-width chroma planes scroll with it.
         self._step = 2 * max(1, round(self.width / (8 * self.fps)))
+        last = _block_edges(self.height)[-1]
+        self._code_box = (0, 0, last[3], last[1])      # (x0, y0, x1, y1) of the counter code
 
     @staticmethod
     def _background(width: int, height: int) -> np.ndarray:
@@ -499,8 +501,7 @@ class TestPatternSource(FrameSource):
         for i, text in enumerate((stamp, f'frame {counter}')):
             cv2.putText(img, text, (8, y0 + (i + 1) * line), cv2.FONT_HERSHEY_SIMPLEX,
                         1.2 * self._scale, white, self._thick, cv2.LINE_AA)
-        code_w, code_h = _block_edges(h)[-1][3], _block_edges(h)[-1][1]
-        return [(w - 2 * box, y, w - box + 1, y + box + 1), (0, 0, code_w, code_h),
+        return [(w - 2 * box, y, w - box + 1, y + box + 1), self._code_box,
                 (0, y0, x1 + 1, y0 + 2 * line + 9)]
 
     def close(self) -> None:
